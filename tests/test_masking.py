@@ -102,7 +102,7 @@ def test_masking_separator_matches_recipe_forward(build, num_spks, length):
 
 def test_masking_separator_batch_of_one_keeps_its_axes():
     # SpeechBrain's Decoder squeezes; the template must still return [1, T, S]
-    separator = MaskingSeparator(*tiny_convtasnet(2), num_spks=2, sample_rate=8000)
+    separator = MaskingSeparator(*tiny_convtasnet(2), 2, sample_rate=8000)
     assert separator(torch.randn(1, 333)).shape == (1, 333, 2)
 
 
