@@ -1,0 +1,1 @@
+"""Echo2Mix data preparation (``prepare.prepare``)."""

@@ -1,0 +1,1 @@
+"""Libri2Mix data preparation (``prepare.prepare``)."""

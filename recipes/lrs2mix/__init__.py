@@ -1,0 +1,1 @@
+"""LRS2-2Mix data preparation (``prepare.prepare``)."""

@@ -1,0 +1,1 @@
+"""minimix data preparation (``prepare.prepare``)."""

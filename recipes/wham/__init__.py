@@ -1,0 +1,1 @@
+"""WHAM! data preparation (``prepare.prepare``)."""

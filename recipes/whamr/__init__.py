@@ -1,0 +1,1 @@
+"""WHAMR! data preparation (``prepare.prepare``)."""

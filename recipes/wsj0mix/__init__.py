@@ -1,0 +1,1 @@
+"""WSJ0-2mix data preparation (``prepare.prepare``)."""
