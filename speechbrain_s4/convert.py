@@ -13,7 +13,11 @@ Authors
 
 from __future__ import annotations
 
+import os
+import re
+
 import torch
+from torch import nn
 
 from speechbrain_s4.ssm.s4_kernel import (
     _complex_from_rows,
@@ -21,7 +25,11 @@ from speechbrain_s4.ssm.s4_kernel import (
     dplr_bilinear,
 )
 
-__all__ = ["convert_s4_layer_state_dict"]
+__all__ = [
+    "load_reference_checkpoint",
+    "convert_s4m_state_dict",
+    "convert_s4_layer_state_dict",
+]
 
 _S4_KERNEL = "kernel.kernel."
 _S4_REFERENCE_KEYS = (
@@ -204,3 +212,287 @@ def _check_shapes(state_dict: dict, expected: dict) -> None:
             "N/2 = inv_w_real.shape[-1]; S4M's layer has rank 1 and one SSM "
             "per channel): " + "; ".join(wrong)
         )
+
+
+# -- whole models --------------------------------------------------------------
+
+#: JusperLee/S4M ``S4M(...)`` keyword arguments and their defaults
+S4M_REFERENCE_DEFAULTS = {
+    "out_channels": 128,
+    "in_channels": 512,
+    "num_blocks": 16,
+    "upsampling_depth": 4,
+    "enc_kernel_size": 21,
+    "num_sources": 2,
+    "sample_rate": 16000,
+}
+
+#: reference S4M key prefix -> ours (first match wins). The S4 layers are
+#: mapped by ``convert_s4_layer_state_dict``; GlobLN's gamma/beta become
+#: weight/bias.
+S4M_PREFIXES = (
+    ("encoder.weight", "encoder.conv.weight"),
+    ("ln.", "masknet.norm."),
+    ("bottleneck.", "masknet.bottleneck."),
+    ("sm.unet.proj_1x1.conv.", "masknet.block.proj."),
+    ("sm.unet.proj_1x1.norm.", "masknet.block.proj_norm."),
+    ("sm.unet.proj_1x1.act.", "masknet.block.proj_act."),
+    ("sm.unet.spp_dw.", "masknet.block.downsample."),
+    ("sm.unet.loc_glo_fus.", "masknet.block.fusion."),
+    ("sm.unet.last_layer.", "masknet.block.topdown_fusion."),
+    ("sm.unet.res_conv.", "masknet.block.res_conv."),
+    ("sm.unet.s4.norm.", "masknet.block.s4.norm."),
+    ("sm.unet.dec_s4.", "masknet.block.decoder_s4."),
+    ("sm.unet.ff.norm.", "masknet.block.ff.norm."),
+    ("sm.unet.ff.layer.ff.0.0.", "masknet.block.ff.fc1."),
+    ("sm.unet.ff.layer.ff.2.", "masknet.block.ff.fc2."),
+    ("sm.concat_block.", "masknet.unroll."),
+    ("mask_net.", "masknet.mask."),
+    ("decoder.weight", "decoder.conv.weight"),
+)
+
+#: S4 layers inside S4M: the mid block and our decoder blocks (S4M proper;
+#: ``sm.unet.dec_s4.{i}`` in the reference naming of MODELS.md 4.8)
+_S4M_S4_LAYER = re.compile(r"^(sm\.unet\.(?:s4|dec_s4\.\d+))\.layer\.")
+
+
+def convert_s4m_state_dict(reference_state_dict: dict, conj_symmetric=True):
+    """Map a JusperLee/S4M state dict to ``speechbrain_s4.models.s4m.S4M``.
+
+    Arguments
+    ---------
+    reference_state_dict : dict
+        ``S4M.state_dict()`` of the public code (116 entries for the default
+        configuration; MODELS.md 4.5).
+    conj_symmetric : bool
+        Whether the target S4 layers use the exact (conjugate-symmetric)
+        kernel; False keeps the reference's internal S4 lengths, which the
+        CPU-fallback kernel depends on.
+
+    Returns
+    -------
+    dict
+        Our state dict (keys of ``S4M(topdown="faithful")``).
+
+    Raises
+    ------
+    KeyError
+        Naming the first keys that do not belong to an S4M checkpoint.
+    """
+    converted, s4_layers, unknown = {}, {}, []
+    for key, value in reference_state_dict.items():
+        layer = _S4M_S4_LAYER.match(key)
+        if layer:
+            s4_layers.setdefault(layer.group(1), {})[key[layer.end() :]] = value
+            continue
+        for old, new in S4M_PREFIXES:
+            if key.startswith(old):
+                ours = new + key[len(old) :]
+                break
+        else:
+            unknown.append(key)
+            continue
+        # GlobLN stores gamma/beta; ours (and every torch norm) weight/bias
+        ours = re.sub(r"\.gamma$", ".weight", ours)
+        ours = re.sub(r"\.beta$", ".bias", ours)
+        converted[ours] = value
+    if unknown:
+        raise KeyError(
+            f"not an S4M (JusperLee/S4M) state dict: unexpected keys "
+            f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
+        )
+    for prefix, layer_sd in s4_layers.items():
+        ours = prefix.replace("sm.unet.s4", "masknet.block.s4").replace(
+            "sm.unet.dec_s4.", "masknet.block.decoder_s4."
+        )
+        for key, value in convert_s4_layer_state_dict(
+            layer_sd, conj_symmetric
+        ).items():
+            converted[f"{ours}.layer.{key}"] = value
+    return converted
+
+
+def _build_s4m(state_dict, conj_symmetric, reference_kwargs):
+    from speechbrain_s4.models.s4m import S4M
+
+    kw = _reference_kwargs("s4m", S4M_REFERENCE_DEFAULTS, reference_kwargs)
+    w_imag = state_dict.get("sm.unet.s4.layer.kernel.kernel.w_imag")
+    d_state = 16 if w_imag is None else 2 * w_imag.shape[-1]
+    model = S4M(
+        sample_rate=kw["sample_rate"],
+        num_spks=kw["num_sources"],
+        kernel_ms=kw["enc_kernel_size"],
+        bottleneck_channels=kw["out_channels"],
+        hidden_channels=kw["in_channels"],
+        num_blocks=kw["num_blocks"],
+        depth=kw["upsampling_depth"],
+        d_state=d_state,
+        decoder_s4=any(k.startswith("sm.unet.dec_s4.") for k in state_dict),
+        topdown="faithful",
+        conj_symmetric=conj_symmetric,
+    )
+    return model, convert_s4m_state_dict(state_dict, conj_symmetric)
+
+
+def _s4m_reference_name(model: nn.Module, key: str) -> str:
+    """Our S4M key -> the reference's name for it (for error messages)."""
+    from speechbrain_s4.layers import GlobalLayerNorm
+
+    module_name, _, leaf = key.rpartition(".")
+    if isinstance(model.get_submodule(module_name), GlobalLayerNorm):
+        leaf = {"weight": "gamma", "bias": "beta"}[leaf]
+    key = f"{module_name}.{leaf}"
+    s4 = re.match(r"^masknet\.block\.(s4|decoder_s4\.\d+)\.layer\.(.*)$", key)
+    if s4:
+        rest = re.sub(r"^kernel\.", "kernel.kernel.", s4.group(2))
+        rest = re.sub(r"^output_linear\.", "output_linear.0.", rest)
+        rest = rest.replace("kernel.kernel.base_length", "kernel.kernel.L")
+        block = s4.group(1).replace("decoder_s4.", "dec_s4.")
+        return f"sm.unet.{block}.layer.{rest}"
+    for old, new in S4M_PREFIXES:
+        if key.startswith(new):
+            return old + key[len(new) :]
+    return key
+
+
+def _reference_kwargs(arch, defaults, given):
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(
+            f"unknown {arch} reference argument(s) {unknown}; the original "
+            f"constructor takes {sorted(defaults)}"
+        )
+    return {**defaults, **given}
+
+
+#: arch -> (function(state_dict, conj_symmetric, reference_kwargs) returning
+#: (our model, our state dict), function(model, our key) -> reference key)
+_BUILDERS = {"s4m": (_build_s4m, _s4m_reference_name)}
+
+
+def load_reference_checkpoint(
+    path_or_state_dict,
+    arch: str,
+    *,
+    conj_symmetric: bool = True,
+    **reference_kwargs,
+) -> nn.Module:
+    """Load an original checkpoint into the matching separator of ours.
+
+    Arguments
+    ---------
+    path_or_state_dict : str, os.PathLike or dict
+        A file saved by the reference code (a bare state dict, or a dict
+        holding it under ``state_dict``) or the state dict itself.
+    arch : str
+        "s4m" (JusperLee/S4M).
+    conj_symmetric : bool
+        S4 kernel semantics (S4M only): True (default) the exact kernel, as
+        the reference computes it on GPU or with pykeops; False the
+        reference's pure-PyTorch CPU fallback.
+    **reference_kwargs
+        The original constructor's keyword arguments (e.g. for S4M
+        ``out_channels``, ``in_channels``, ``num_blocks``,
+        ``upsampling_depth``, ``enc_kernel_size``, ``num_sources``,
+        ``sample_rate``); omitted ones take the original defaults.
+
+    Returns
+    -------
+    torch.nn.Module
+        The separator (mixture [B, T] -> estimates [B, T, S]) with the
+        checkpoint's weights, loaded strictly.
+
+    Raises
+    ------
+    FileNotFoundError, KeyError, ValueError, TypeError
+        Missing file, keys that do not fit, mis-shaped tensors, unknown
+        constructor arguments.
+    """
+    if arch not in _BUILDERS:
+        raise ValueError(
+            f"unknown arch {arch!r}; expected one of {sorted(_BUILDERS)}"
+        )
+    state_dict = _read_state_dict(path_or_state_dict)
+    build, reference_name = _BUILDERS[arch]
+    model, converted = build(state_dict, conj_symmetric, reference_kwargs)
+    load_strict(
+        model,
+        converted,
+        source=f"{arch} reference checkpoint",
+        rename=lambda key: reference_name(model, key),
+    )
+    return model
+
+
+def _read_state_dict(path_or_state_dict) -> dict:
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        path = os.fspath(path_or_state_dict)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no checkpoint file at {path}")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        checkpoint = path_or_state_dict
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            f"expected a state dict (a dict of tensors), got "
+            f"{type(checkpoint).__name__}"
+        )
+    if isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    return dict(checkpoint)
+
+
+def load_strict(
+    model: nn.Module, state_dict: dict, source: str, rename=None
+) -> None:
+    """Load ``state_dict`` into ``model``, raising on any key or shape misfit.
+
+    PyTorch's strict loading reports every problem in one long message;
+    this names the first few missing and unexpected keys and the first
+    mis-shaped tensors, so a user sees at once what does not fit.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The module to fill.
+    state_dict : dict
+        Its weights.
+    source : str
+        What the weights are (used in the messages).
+    rename : callable, optional
+        Maps a key of ``model`` to the name the user's file uses for it, so
+        messages name keys as the user knows them.
+
+    Raises
+    ------
+    KeyError
+        Missing or unexpected keys.
+    ValueError
+        Tensors whose shapes differ from the model's.
+    """
+    expected = model.state_dict()
+    rename = rename or (lambda key: key)
+    missing = [rename(k) for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise KeyError(
+            f"{source} does not fit {type(model).__name__}: "
+            f"missing {_first(missing)}, unexpected {_first(unexpected)}"
+        )
+    wrong = [
+        f"{rename(k)} {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if wrong:
+        raise ValueError(
+            f"{source} has tensors of the wrong shape for "
+            f"{type(model).__name__}: {_first(wrong)}"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _first(items, n=5):
+    return "[]" if not items else (
+        "[" + ", ".join(items[:n]) + (", ..." if len(items) > n else "") + "]"
+    )

@@ -120,10 +120,21 @@ class MaskingSeparator(nn.Module):
         self.num_spks = int(num_spks)
         self.sample_rate = int(sample_rate)
 
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        """Separate ``mix`` [B, T] into estimates [B, T, S]."""
+    def forward(self, mix: torch.Tensor, lengths=None) -> torch.Tensor:
+        """Separate ``mix`` [B, T] into estimates [B, T, S].
+
+        ``lengths`` ([B] relative lengths in (0, 1], SpeechBrain's
+        convention) marks zero-padded items. Models whose encoder reports
+        ``frame_lengths`` (S4M) then give every item the result it would get
+        alone; the stock SpeechBrain lobes have no such notion and ignore it.
+        """
         features = self.encoder(mix)  # [B, N, L]
-        masks = self.masknet(features)  # [S, B, N, L]
+        if lengths is not None and hasattr(self.encoder, "frame_lengths"):
+            samples = torch.round(lengths * mix.shape[-1]).long()
+            frames = self.encoder.frame_lengths(samples)  # [B]
+            masks = self.masknet(features, frames)  # [S, B, N, L]
+        else:
+            masks = self.masknet(features)  # [S, B, N, L]
         if masks.dim() != 4 or masks.shape[0] != self.num_spks:
             raise ValueError(
                 f"{type(self.masknet).__name__} returned masks of shape "

@@ -1,0 +1,275 @@
+"""Small building blocks shared by the separation models.
+
+One definition of each: the global layer norm, the depthwise conv + norm
+unit, the local-attention fusion of TDANet/S4M and the resampling they use.
+
+Padded batches: every block takes an optional ``lengths`` ([B] valid frames
+per item). With lengths, statistics and resampling use each item's valid
+frames only and padded frames are kept at zero, so an item gives the same
+result in a padded batch as alone. Without lengths (``None``) every frame
+is valid and the fast batched path runs.
+
+Shape legend: B batch, C channels, L frames.
+
+Authors
+ * speechbrain_s4 contributors 2026
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "GlobalLayerNorm",
+    "DepthwiseConvNorm",
+    "LocalAttention",
+    "frame_mask",
+    "resample_nearest",
+    "adaptive_avg_pool",
+]
+
+
+def frame_mask(lengths, max_len: int):
+    """Float mask [B, 1, L] of the valid frames, or None for no padding.
+
+    Arguments
+    ---------
+    lengths : torch.Tensor or None
+        [B] number of valid frames per item.
+    max_len : int
+        L, the padded length.
+
+    Returns
+    -------
+    torch.Tensor or None
+
+    Example
+    -------
+    >>> frame_mask(torch.tensor([2, 3]), 3)
+    tensor([[[1., 1., 0.]],
+    <BLANKLINE>
+            [[1., 1., 1.]]])
+    """
+    if lengths is None:
+        return None
+    steps = torch.arange(max_len, device=lengths.device)
+    return (steps < lengths[:, None]).unsqueeze(1).float()
+
+
+def _per_item(fn, x, out_len, lengths_in, lengths_out):
+    """Apply a length-dependent resampling to each item's valid frames."""
+    if lengths_in is None:
+        return fn(x, out_len)
+    out = x.new_zeros(x.shape[0], x.shape[1], out_len)
+    for b, (n_in, n_out) in enumerate(
+        zip(lengths_in.tolist(), lengths_out.tolist())
+    ):
+        out[b, :, :n_out] = fn(x[b : b + 1, :, :n_in], n_out)[0]
+    return out
+
+
+class GlobalLayerNorm(nn.Module):
+    """Global layer norm (gLN, Conv-TasNet): one mean and variance per item.
+
+    Statistics are taken jointly over channels and time (biased variance),
+    then a per-channel gain and bias are applied:
+    ``y = weight * (x - mean) / sqrt(var + eps) + bias``. This equals
+    ``GroupNorm(1, C)``, which is how it is computed (one fused kernel).
+
+    Arguments
+    ---------
+    num_channels : int
+        C, the channel count.
+    eps : float
+        Added to the variance; S4M/TDANet use 1e-8.
+
+    Example
+    -------
+    >>> norm = GlobalLayerNorm(4)
+    >>> norm(torch.randn(2, 4, 10)).shape
+    torch.Size([2, 4, 10])
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x, mask=None):
+        """Normalise ``x`` [B, C, L]; ``mask`` [B, 1, L] marks valid frames."""
+        if mask is None:
+            return F.group_norm(x, 1, self.weight, self.bias, self.eps)
+        count = mask.sum(dim=(1, 2), keepdim=True) * x.shape[1]
+        mean = (x * mask).sum(dim=(1, 2), keepdim=True) / count
+        centred = (x - mean) * mask
+        var = centred.pow(2).sum(dim=(1, 2), keepdim=True) / count
+        normed = centred / torch.sqrt(var + self.eps)
+        return (normed * self.weight[:, None] + self.bias[:, None]) * mask
+
+
+class DepthwiseConvNorm(nn.Module):
+    """Depthwise 1-D convolution followed by a global layer norm.
+
+    The unit of S4M's multi-scale encoder (stride 2 down-sampling) and of
+    its local-attention layers (stride 1, no bias). "Same" padding of
+    ``(kernel_size - 1) // 2``, so a stride-2 layer maps L to ceil(L / 2)
+    frames for odd kernels.
+
+    Arguments
+    ---------
+    channels : int
+        C, input and output channels (one filter per channel).
+    kernel_size : int
+        Filter length in frames.
+    stride : int
+        1 keeps the length, 2 halves it.
+    bias : bool
+        Whether the convolution has a bias.
+
+    Example
+    -------
+    >>> down = DepthwiseConvNorm(8, kernel_size=5, stride=2)
+    >>> down(torch.randn(1, 8, 99)).shape
+    torch.Size([1, 8, 50])
+    """
+
+    def __init__(
+        self, channels: int, kernel_size: int, stride: int = 1, bias=True
+    ):
+        super().__init__()
+        self.conv = nn.Conv1d(
+            channels,
+            channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2,
+            groups=channels,
+            bias=bias,
+        )
+        self.norm = GlobalLayerNorm(channels)
+
+    def forward(self, x, mask=None):
+        """Filter and normalise ``x`` [B, C, L] (zero on padded frames).
+
+        ``mask`` marks the valid frames of the OUTPUT.
+        """
+        return self.norm(self.conv(x), mask)
+
+
+def resample_nearest(x, length: int, lengths_in=None, lengths_out=None):
+    """Nearest-neighbour resampling along time to ``length`` frames.
+
+    PyTorch's legacy "nearest" rule (source frame ``floor(j * L_in / L_out)``)
+    which both references use, for up- and down-sampling alike.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        [B, C, L_in].
+    length : int
+        L_out.
+    lengths_in, lengths_out : torch.Tensor, optional
+        [B] valid frames of each item before and after; when given, each
+        item's valid part is resampled on its own.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, C, L_out].
+
+    Example
+    -------
+    >>> resample_nearest(torch.arange(3.0).view(1, 1, 3), 6)
+    tensor([[[0., 0., 1., 1., 2., 2.]]])
+    """
+    return _per_item(_nearest, x, length, lengths_in, lengths_out)
+
+
+def _nearest(x, length):
+    if x.shape[-1] == length:
+        return x
+    return F.interpolate(x, size=length, mode="nearest")
+
+
+def adaptive_avg_pool(x, length: int, lengths_in=None, lengths_out=None):
+    """Adaptive average pooling along time to ``length`` frames.
+
+    PyTorch's windows ``[floor(j L_in / L_out), ceil((j + 1) L_in / L_out))``.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        [B, C, L_in].
+    length : int
+        L_out.
+    lengths_in, lengths_out : torch.Tensor, optional
+        [B] valid frames of each item before and after pooling.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, C, L_out].
+
+    Example
+    -------
+    >>> adaptive_avg_pool(torch.arange(4.0).view(1, 1, 4), 2)
+    tensor([[[0.5000, 2.5000]]])
+    """
+    return _per_item(F.adaptive_avg_pool1d, x, length, lengths_in, lengths_out)
+
+
+class LocalAttention(nn.Module):
+    """Local-attention fusion of a local and a global feature (S4M eq. 9-10).
+
+    ``out = ConvNorm_local(x_local) * sigmoid(ConvNorm_act(x_global))
+    + ConvNorm_emb(x_global)``, where the two global terms are resampled
+    (nearest) to the local length after their convolutions. The sigmoid term
+    is the gate rho and the additive term is tau of the paper; as in the
+    public code, they are produced by depthwise convolutions of the global
+    input instead of separate parameters, and the local input is filtered
+    too.
+
+    Arguments
+    ---------
+    channels : int
+        C of both inputs.
+    kernel_size : int
+        Depthwise filter length (1 for the fusion with the global feature,
+        5 in the top-down path).
+
+    Example
+    -------
+    >>> fuse = LocalAttention(8, kernel_size=5)
+    >>> fuse(torch.randn(2, 8, 40), torch.randn(2, 8, 20)).shape
+    torch.Size([2, 8, 40])
+    """
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.local_embedding = DepthwiseConvNorm(
+            channels, kernel_size, bias=False
+        )
+        self.global_embedding = DepthwiseConvNorm(
+            channels, kernel_size, bias=False
+        )
+        self.global_act = DepthwiseConvNorm(channels, kernel_size, bias=False)
+
+    def forward(self, x_local, x_global, lengths_local=None, lengths_global=None):
+        """Fuse ``x_local`` [B, C, L_l] with ``x_global`` [B, C, L_g].
+
+        ``lengths_local`` / ``lengths_global`` ([B] valid frames) are given
+        for padded batches (both or neither).
+        """
+        length = x_local.shape[-1]
+        mask_l = frame_mask(lengths_local, length)
+        mask_g = frame_mask(lengths_global, x_global.shape[-1])
+        gate = torch.sigmoid(self.global_act(x_global, mask_g))  # rho, eq. 9
+        shift = self.global_embedding(x_global, mask_g)  # tau, eq. 9
+        local = self.local_embedding(x_local, mask_l)
+        lens = (lengths_global, lengths_local)
+        # padded frames stay zero: local is zero there and so is the
+        # per-item resampled shift
+        return local * resample_nearest(gate, length, *lens) + resample_nearest(
+            shift, length, *lens
+        )
