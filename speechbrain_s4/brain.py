@@ -430,6 +430,21 @@ class Separation(sb.Brain):
         self.optimizer_step += 1
 
     # ---------------------------------------------------------------- stages
+    def on_fit_start(self):
+        """Wrap, build the optimiser, recover; log the process layout."""
+        super().on_fit_start()
+        world_size = 1
+        if torch.distributed.is_available():
+            if torch.distributed.is_initialized():
+                world_size = torch.distributed.get_world_size()
+        separator = self.modules.separator
+        model = getattr(separator, "module", separator)  # inside DDP
+        groups = len(self.optimizer.param_groups) if self.opt_class else 0
+        logger.info(
+            f"training {type(model).__name__} (as {type(separator).__name__}) "
+            f"on {world_size} process(es), {groups} parameter group(s)"
+        )
+
     def on_stage_start(self, stage, epoch=None):
         """Reset the per-stage counters; say where a training epoch starts."""
         if stage == sb.Stage.TRAIN:
@@ -479,8 +494,9 @@ class Separation(sb.Brain):
             if if_main_process():
                 average = write_results_csv(self.test_rows, path)
                 logger.info(f"wrote {path}")
+                # the CSV's averages (dB, higher is better) beside the loss
                 stage_stats.update(
-                    {k: v for k, v in average.items() if k != "snt_id"}
+                    {f"avg {k}": v for k, v in average.items() if k != "snt_id"}
                 )
             self.hparams.train_logger.log_stats(
                 stats_meta={

@@ -37,6 +37,16 @@ from speechbrain_s4.dataio import (
     separation_dataset,
 )
 from speechbrain_s4.models.masking import MaskingSeparator
+from speechbrain_s4.ssm import S4
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (no contention on a busy box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 # --------------------------------------------------------------------------
 # helpers
@@ -167,8 +177,7 @@ def test_param_groups_can_spare_vectors_from_decay():
 
 
 def test_s4_parameters_get_their_own_group(tmp_path):
-    s4 = pytest.importorskip("speechbrain_s4.ssm.s4")
-    layer = s4.S4(8, d_state=4, bidirectional=True)
+    layer = S4(8, d_state=4, bidirectional=True)
     tagged = [p for p in layer.parameters() if hasattr(p, "_optim")]
     assert tagged, "the S4 kernel should tag its SSM parameters"
     groups = optimizer_param_groups(layer)

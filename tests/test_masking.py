@@ -20,6 +20,15 @@ from torch import nn
 from speechbrain_s4.models.masking import MaskingSeparator, fit_length
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (no contention on a busy box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def recipe_forward(encoder, masknet, decoder, mix, num_spks):
     """SpeechBrain's recipe compute_forward, written out as the reference."""
     mix_w = encoder(mix)
