@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import soundfile as sf
-
 from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -55,7 +54,11 @@ def separation_columns(num_spks: int = 2, noise: bool = False) -> tuple:
     ('ID', 'duration', 'mix_wav', 's1_wav', 's2_wav', 'noise_wav')
     """
     sources = tuple(f"s{k}_wav" for k in range(1, num_spks + 1))
-    return ("ID", "duration", "mix_wav") + sources + (("noise_wav",) if noise else ())
+    return (
+        ("ID", "duration", "mix_wav")
+        + sources
+        + (("noise_wav",) if noise else ())
+    )
 
 
 def rate_folder(sample_rate: int) -> str:
@@ -87,7 +90,9 @@ def check_choice(name: str, value, choices) -> None:
     """
     if value not in choices:
         expected = ", ".join(repr(choice) for choice in choices)
-        raise ValueError(f"unknown {name} {value!r}; expected one of {expected}")
+        raise ValueError(
+            f"unknown {name} {value!r}; expected one of {expected}"
+        )
 
 
 def first_missing(path) -> Path | None:
@@ -188,7 +193,9 @@ def find_root(data_folder, marker: str, nested: tuple, layout: str) -> Path:
     # Name the gap below the deepest candidate that exists.
     existing = [root for root in candidates if root.is_dir()] or [data_folder]
     require_path(existing[-1] / marker, layout)
-    raise NotADirectoryError(f"{existing[-1] / marker} is not a folder ({layout})")
+    raise NotADirectoryError(
+        f"{existing[-1] / marker} is not a folder ({layout})"
+    )
 
 
 def wsj_style_split_folders(
@@ -361,7 +368,9 @@ def paired_rows(folders: dict, layout: str) -> list:
     ('a', 0.1)
     """
     columns = list(folders)
-    folders = {column: require_path(folders[column], layout) for column in columns}
+    folders = {
+        column: require_path(folders[column], layout) for column in columns
+    }
     mix_folder = folders[columns[0]]
     names = sorted(p.name for p in mix_folder.iterdir() if p.suffix == ".wav")
     known = set(names)
@@ -408,9 +417,13 @@ def mixture_sources(
 
     Example
     -------
-    >>> rows = [{"ID": "a_b", "duration": 1.0, "s1_wav": "/a", "s2_wav": "/b"}]
-    >>> mixture_sources(rows, lambda i: i.split("_"), lambda u: u)[1]["wav"]
-    '/b'
+    >>> import tempfile, numpy
+    >>> s1, s2 = tempfile.mktemp(suffix=".wav"), tempfile.mktemp(suffix=".wav")
+    >>> sf.write(s1, numpy.zeros(800), 8000); sf.write(s2, numpy.zeros(800), 8000)
+    >>> rows = [{"ID": "a_b", "duration": 0.1, "s1_wav": s1, "s2_wav": s2}]
+    >>> sources = mixture_sources(rows, lambda i: i.split("_"), lambda u: u)
+    >>> [(row["ID"], row["duration"], row["wav"] == s2) for row in sources]
+    [('a', 0.1, False), ('b', 0.1, True)]
     """
     best = {}
     for row in sorted(rows, key=lambda r: r["ID"]):
@@ -458,7 +471,7 @@ def write_csv(path, rows: list, columns) -> str:
     ['ID,x', 'a,1', 'b,2']
     """
     rows = sorted(rows, key=lambda row: row["ID"])
-    for previous, row in zip(rows, rows[1:]):
+    for previous, row in zip(rows, rows[1:], strict=False):
         if previous["ID"] == row["ID"]:
             raise ValueError(
                 f"two items share the ID {row['ID']!r} while writing {path}; "
@@ -514,7 +527,9 @@ def prepare_csvs(
     paths = {name: save_folder / f"{name}.csv" for name in outputs}
     options = _normalise_options(options)
     options_path = save_folder / OPTIONS_FILE
-    if options_path.is_file() and all(path.is_file() for path in paths.values()):
+    if options_path.is_file() and all(
+        path.is_file() for path in paths.values()
+    ):
         if json.loads(options_path.read_text()) == options:
             logger.info("%s: CSVs up to date, preparation skipped", save_folder)
             return {name: str(path) for name, path in paths.items()}
@@ -577,7 +592,10 @@ def prepare_sibling_folders(
                 rows += paired_rows(subfolders, layout)
             tables[split] = (rows, ("ID", "duration") + tuple(columns))
         if sources is not None:
-            tables["train_sources"] = (sources(tables["train"][0]), SOURCES_COLUMNS)
+            tables["train_sources"] = (
+                sources(tables["train"][0]),
+                SOURCES_COLUMNS,
+            )
         return tables
 
     return prepare_csvs(save_folder, options, outputs, make_tables)

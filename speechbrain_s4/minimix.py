@@ -94,9 +94,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from scipy.fft import irfft, next_fast_len, rfft, rfftfreq
+from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
-from speechbrain.utils.logger import get_logger
 from speechbrain_s4.voices import (
     ASTERISK_ROOT,
     FILLETS_ROOT,
@@ -175,25 +175,18 @@ def _rms(signal: np.ndarray) -> float:
 
 
 def voice_seconds(paths) -> float:
-    """Total duration of a voice's files, from headers (no decoding).
-
-    Raw G.722 has no header; it is 64 kbit/s, i.e. 8000 bytes per second.
+    """Total duration of a voice's files, from their headers (no decoding).
 
     Arguments
     ---------
     paths : list of str
+        WAV or Ogg files.
 
     Returns
     -------
     float
     """
-    total = 0.0
-    for path in paths:
-        if str(path).endswith(".g722"):
-            total += Path(path).stat().st_size / 8000.0
-        else:
-            total += sf.info(str(path)).duration
-    return total
+    return sum(sf.info(str(path)).duration for path in paths)
 
 
 def assign_voices(voice_paths: dict, sample_rate: int) -> dict:
@@ -210,7 +203,7 @@ def assign_voices(voice_paths: dict, sample_rate: int) -> dict:
     -------
     dict
         ``{"targets": {split: [voices]}, "babble": {split: [voices]},
-        "seconds": {voice: raw seconds}}``.
+        "seconds": {minor voice: seconds of its files}}``.
 
     Example
     -------
@@ -229,14 +222,16 @@ def assign_voices(voice_paths: dict, sample_rate: int) -> dict:
             f"{sample_rate} Hz; found none of {', '.join(missing)}"
         )
     minors = [voice for voice in voice_paths if voice not in all_majors]
-    seconds = {voice: voice_seconds(voice_paths[voice]) for voice in voice_paths}
+    seconds = {voice: voice_seconds(voice_paths[voice]) for voice in minors}
     ranked = sorted(minors, key=lambda voice: (-seconds[voice], voice))
     targets = {split: list(majors[split]) for split in SPLITS}
     babble = {split: [] for split in SPLITS}
     big = [voice for voice in ranked if seconds[voice] >= MIN_TARGET_SECONDS]
     small = [voice for voice in ranked if seconds[voice] < MIN_TARGET_SECONDS]
     for rank, voice in enumerate(big):
-        targets[MINOR_TARGET_CYCLE[rank % len(MINOR_TARGET_CYCLE)]].append(voice)
+        targets[MINOR_TARGET_CYCLE[rank % len(MINOR_TARGET_CYCLE)]].append(
+            voice
+        )
     for rank, voice in enumerate(small):
         babble[BABBLE_CYCLE[rank % len(BABBLE_CYCLE)]].append(voice)
     for split in SPLITS:
@@ -307,7 +302,9 @@ def load_phrases(
                 or _rms(phrase) < MIN_PHRASE_RMS
             ):
                 continue
-            for piece in _cut_long(phrase, sample_rate, min_seconds, max_seconds):
+            for piece in _cut_long(
+                phrase, sample_rate, min_seconds, max_seconds
+            ):
                 phrases.append((piece, paths[index]))
     return phrases
 
@@ -363,7 +360,9 @@ def pack_utterances(
     parts, prompts, length = [], [], 0
     target = rng.uniform(*utterance_seconds) * sample_rate
     for phrase, prompt in phrases:
-        pause = np.zeros(int(rng.uniform(*pause_seconds) * sample_rate), np.float32)
+        pause = np.zeros(
+            int(rng.uniform(*pause_seconds) * sample_rate), np.float32
+        )
         if parts and length + len(pause) + len(phrase) > high:
             if length < low:
                 # The current utterance is too short to close; a phrase this
@@ -493,7 +492,9 @@ def mix_pair(
     voices = sorted(babble_phrases)
     low, high = options["babble_talkers"]
     num_talkers = min(int(rng.integers(low, high + 1)), len(voices))
-    talkers = [voices[i] for i in rng.choice(len(voices), num_talkers, replace=False)]
+    talkers = [
+        voices[i] for i in rng.choice(len(voices), num_talkers, replace=False)
+    ]
     babble = sum(
         babble_talker(
             babble_phrases[voice],
@@ -512,10 +513,13 @@ def mix_pair(
     )
     snr_db = float(rng.uniform(*options["noise_snr_db"]))
     clean_power = np.mean((s1 + s2) ** 2)
-    noise = noise * np.sqrt(clean_power / (np.mean(noise**2) * 10 ** (snr_db / 10)))
+    noise = noise * np.sqrt(
+        clean_power / (np.mean(noise**2) * 10 ** (snr_db / 10))
+    )
 
     peak = max(
-        np.max(np.abs(signal)) for signal in (s1, s2, noise, s1 + s2, s1 + s2 + noise)
+        np.max(np.abs(signal))
+        for signal in (s1, s2, noise, s1 + s2, s1 + s2 + noise)
     )
     scale = min(1.0, PEAK_LIMIT / peak)
     signals = {
@@ -557,7 +561,9 @@ def _write_pcm16(path: Path, values: np.ndarray, sample_rate: int) -> None:
 
 def _build_options(**options) -> dict:
     """Validate the build options and return them as a JSON-ready dict."""
-    sizes = dict(DEFAULT_SIZES if options["sizes"] is None else options["sizes"])
+    sizes = dict(
+        DEFAULT_SIZES if options["sizes"] is None else options["sizes"]
+    )
     if set(sizes) != set(SPLITS) or any(
         not isinstance(n, int) or n < 1 for n in sizes.values()
     ):
@@ -590,7 +596,9 @@ def _build_options(**options) -> dict:
     return options
 
 
-def _build_rate(out_dir, sample_rate, options, overwrite, progress, roots) -> Path:
+def _build_rate(
+    out_dir, sample_rate, options, overwrite, progress, roots
+) -> Path:
     """Build (or keep) ``<out_dir>/wav8k|wav16k`` and return its metadata."""
     final = Path(out_dir).absolute() / RATE_FOLDERS[sample_rate]
     metadata_path = final / METADATA_FILE
@@ -626,7 +634,9 @@ def _build_rate(out_dir, sample_rate, options, overwrite, progress, roots) -> Pa
         for voice in plan[role][split]
     }
     for voice in tqdm(
-        sorted(splits_of), desc=f"minimix {sample_rate} Hz voices", disable=not progress
+        sorted(splits_of),
+        desc=f"minimix {sample_rate} Hz voices",
+        disable=not progress,
     ):
         rng = _rng(seed, sample_rate, "voice", voice)
         phrases[voice] = load_phrases(
@@ -648,8 +658,12 @@ def _build_rate(out_dir, sample_rate, options, overwrite, progress, roots) -> Pa
             )
             for number, (audio, prompts) in enumerate(packed):
                 utterances[split].append(
-                    {"ID": f"{voice}-{number:04d}", "voice": voice,
-                     "audio": audio, "prompts": prompts}
+                    {
+                        "ID": f"{voice}-{number:04d}",
+                        "voice": voice,
+                        "audio": audio,
+                        "prompts": prompts,
+                    }
                 )
         elif not phrases[voice]:
             raise ValueError(f"babble voice {voice} has no usable phrase")
@@ -664,7 +678,9 @@ def _build_rate(out_dir, sample_rate, options, overwrite, progress, roots) -> Pa
         "seed": seed,
         "options": options,
         "subtype": "PCM_16",
-        "packages": [package.name for package in packages_for_rate(sample_rate)],
+        "packages": [
+            package.name for package in packages_for_rate(sample_rate)
+        ],
         "voices": plan["targets"],
         "babble_voices": plan["babble"],
         "voice_info": {
@@ -673,7 +689,9 @@ def _build_rate(out_dir, sample_rate, options, overwrite, progress, roots) -> Pa
                 split=splits_of[voice][1],
                 role="target" if splits_of[voice][0] == "targets" else "babble",
                 files=len(voice_paths[voice]),
-                seconds=round(plan["seconds"][voice], 2),
+                phrase_seconds=round(
+                    sum(len(p) for p, _ in phrases[voice]) / sample_rate, 2
+                ),
             )
             for voice in sorted(splits_of)
         },
@@ -694,13 +712,17 @@ def _build_rate(out_dir, sample_rate, options, overwrite, progress, roots) -> Pa
             folder = staging / "sources" / split / utt["voice"]
             folder.mkdir(parents=True, exist_ok=True)
             _write_pcm16(
-                folder / f"{utt['ID']}.wav", _quantise(utt["audio"]), sample_rate
+                folder / f"{utt['ID']}.wav",
+                _quantise(utt["audio"]),
+                sample_rate,
             )
         # 3-5. Mixtures.
         for signal in SIGNALS:
             (staging / split / signal).mkdir(parents=True)
         rng = _rng(seed, sample_rate, "mix", split)
-        babble_phrases = {voice: phrases[voice] for voice in plan["babble"][split]}
+        babble_phrases = {
+            voice: phrases[voice] for voice in plan["babble"][split]
+        }
         pool = utterances[split]
         records = []
         for index in tqdm(
@@ -881,7 +903,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ---------
     parser : argparse.ArgumentParser
     """
-    parser.add_argument("out_dir", help="output folder (wav8k/, wav16k/ inside)")
+    parser.add_argument(
+        "out_dir", help="output folder (wav8k/, wav16k/ inside)"
+    )
     parser.add_argument(
         "--sample-rates",
         type=int,

@@ -47,7 +47,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
-
 from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -115,22 +114,44 @@ class VoiceInfo:
 
 #: Every package this module reads, in the order ``apt-get`` is told.
 PACKAGES = (
-    VoicePackage("asterisk-core-sounds-en-wav", ("en_US_f_Allison",), ".wav", 8000),
-    VoicePackage("asterisk-core-sounds-fr-wav", ("fr_CA_f_June",), ".wav", 8000),
-    VoicePackage("asterisk-core-sounds-it-wav", ("it_IT_m_Carlo",), ".wav", 8000),
-    VoicePackage("asterisk-core-sounds-ru-wav", ("ru_RU_f_IvrvoiceRU",), ".wav", 8000),
-    VoicePackage("asterisk-prompt-it-menardi-wav", ("it_IT_f_Menardi",), ".wav", 8000),
-    VoicePackage("asterisk-core-sounds-en-g722", ("en_US_f_Allison",), ".g722", 16000),
-    VoicePackage("asterisk-core-sounds-fr-g722", ("fr_CA_f_June",), ".g722", 16000),
-    VoicePackage("asterisk-core-sounds-it-g722", ("it_IT_m_Carlo",), ".g722", 16000),
-    VoicePackage("asterisk-core-sounds-ru-g722", ("ru_RU_f_IvrvoiceRU",), ".g722", 16000),
+    VoicePackage(
+        "asterisk-core-sounds-en-wav", ("en_US_f_Allison",), ".wav", 8000
+    ),
+    VoicePackage(
+        "asterisk-core-sounds-fr-wav", ("fr_CA_f_June",), ".wav", 8000
+    ),
+    VoicePackage(
+        "asterisk-core-sounds-it-wav", ("it_IT_m_Carlo",), ".wav", 8000
+    ),
+    VoicePackage(
+        "asterisk-core-sounds-ru-wav", ("ru_RU_f_IvrvoiceRU",), ".wav", 8000
+    ),
+    VoicePackage(
+        "asterisk-prompt-it-menardi-wav", ("it_IT_f_Menardi",), ".wav", 8000
+    ),
+    VoicePackage(
+        "asterisk-core-sounds-en-g722", ("en_US_f_Allison",), ".g722", 16000
+    ),
+    VoicePackage(
+        "asterisk-core-sounds-fr-g722", ("fr_CA_f_June",), ".g722", 16000
+    ),
+    VoicePackage(
+        "asterisk-core-sounds-it-g722", ("it_IT_m_Carlo",), ".g722", 16000
+    ),
+    VoicePackage(
+        "asterisk-core-sounds-ru-g722", ("ru_RU_f_IvrvoiceRU",), ".g722", 16000
+    ),
     VoicePackage("fillets-ng-data-cs", (), ".ogg", 22050),
 )
 
 #: Language, gender, speaker and licence of each Asterisk voice.
 ASTERISK_VOICES = {
-    "en_US_f_Allison": VoiceInfo("en-US", "female", "Allison Smith", "CC-BY-SA-3.0"),
-    "fr_CA_f_June": VoiceInfo("fr-CA", "female", "June Wallack", "CC-BY-SA-3.0"),
+    "en_US_f_Allison": VoiceInfo(
+        "en-US", "female", "Allison Smith", "CC-BY-SA-3.0"
+    ),
+    "fr_CA_f_June": VoiceInfo(
+        "fr-CA", "female", "June Wallack", "CC-BY-SA-3.0"
+    ),
     "it_IT_m_Carlo": VoiceInfo("it-IT", "male", "Carlo Flora", "CC-BY-3.0"),
     "ru_RU_f_IvrvoiceRU": VoiceInfo(
         "ru-RU", "female", "ivrvoice.ru (Maxim Topal)", "CC-BY-3.0"
@@ -145,8 +166,12 @@ ASTERISK_VOICES = {
 #: the median F0 of their lines (autocorrelation tracker, 8 kHz): about
 #: 275 Hz for the small fish and 130 Hz for the big fish.
 FILLETS_LEAD_VOICES = {
-    "fillets_m": VoiceInfo("cs-CZ", "female", "small fish (fillets-ng cast)", "GPL-2.0"),
-    "fillets_v": VoiceInfo("cs-CZ", "male", "big fish (fillets-ng cast)", "GPL-2.0"),
+    "fillets_m": VoiceInfo(
+        "cs-CZ", "female", "small fish (fillets-ng cast)", "GPL-2.0"
+    ),
+    "fillets_v": VoiceInfo(
+        "cs-CZ", "male", "big fish (fillets-ng cast)", "GPL-2.0"
+    ),
 }
 
 
@@ -173,7 +198,9 @@ def describe_voice(voice_id: str) -> dict:
     if info is None:
         if not voice_id.startswith("fillets_"):
             raise KeyError(f"unknown voice {voice_id!r}")
-        info = VoiceInfo("cs-CZ", "unknown", "fillets-ng minor character", "GPL-2.0")
+        info = VoiceInfo(
+            "cs-CZ", "unknown", "fillets-ng minor character", "GPL-2.0"
+        )
     return {
         "language": info.language,
         "gender": info.gender,
@@ -241,7 +268,9 @@ def _asterisk_prompts(voice_dir: Path, extension: str) -> list:
     """Sorted speech prompts of one Asterisk voice folder."""
     prompts = []
     for folder, subfolders, files in os.walk(voice_dir):
-        subfolders[:] = sorted(d for d in subfolders if d not in NON_SPEECH_FOLDERS)
+        subfolders[:] = sorted(
+            d for d in subfolders if d not in NON_SPEECH_FOLDERS
+        )
         for name in files:
             stem, ext = os.path.splitext(name)
             if ext == extension and stem not in NON_SPEECH_PROMPTS:
@@ -638,8 +667,12 @@ def split_on_pauses(
     stops = np.concatenate([active[gaps], [active[-1]]]) + 1  # [P] frames
     margin = int(sample_rate * margin_ms / 1000)
     return [
-        audio[max(0, start * frame - margin) : min(len(audio), stop * frame + margin)]
-        for start, stop in zip(starts, stops)
+        audio[
+            max(0, start * frame - margin) : min(
+                len(audio), stop * frame + margin
+            )
+        ]
+        for start, stop in zip(starts, stops, strict=True)
     ]
 
 

@@ -27,6 +27,7 @@ Example
 """
 
 import json
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,10 @@ _RATE_FOLDERS = {8000: "wav8k", 16000: "wav16k"}
 def _source(num_samples, sample_rate, f0, rng):
     """A harmonic tone with a slow envelope, as int32 16-bit values."""
     t = np.arange(num_samples) / sample_rate
-    tone = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) / k for k in (1, 2, 3))
+    tone = sum(
+        np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) / k
+        for k in (1, 2, 3)
+    )
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(1.0, 3.0) * t) ** 2
     return np.round(3000 * tone * envelope).astype(np.int32)
 
@@ -62,15 +66,22 @@ def _noise(num_samples, rng):
 def _reverberate(signal, sample_rate, rng):
     """Convolve with a short exponentially decaying random RIR, same length."""
     taps = int(0.05 * sample_rate)
-    rir = rng.normal(0, 1, taps) * np.exp(-np.arange(taps) / (0.01 * sample_rate))
+    rir = rng.normal(0, 1, taps) * np.exp(
+        -np.arange(taps) / (0.01 * sample_rate)
+    )
     rir[0] = 1.0
     wet = np.convolve(signal, rir / np.sum(np.abs(rir)))[: len(signal)]
     return np.round(wet).astype(np.int32)
 
 
 def _write(path, values, sample_rate):
+    """16-bit mono WAV (the standard library's writer: no fsync per file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), values.astype(np.int16), sample_rate, subtype="PCM_16")
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate)
+        handle.writeframes(values.astype("<i2").tobytes())
 
 
 class _Utterances:
@@ -97,19 +108,25 @@ class _Utterances:
 
 def _wsj_name(split, index, count):
     """``<utt1>_<snr1>_<utt2>_<snr2>`` with speaker = first 3 characters."""
-    utts = [f"{100 * _WSJ_SPLITS.index(split) + k:03d}c020{k}" for k in range(count)]
+    utts = [
+        f"{100 * _WSJ_SPLITS.index(split) + k:03d}c020{k}" for k in range(count)
+    ]
     snr = 0.5 + index / 10
     return f"{utts[index]}_{snr:.4f}_{utts[(index + 1) % count]}_{-snr:.4f}"
 
 
 def _librispeech_name(split, index, count):
     """``<spk-chap-utt>_<spk-chap-utt>``; speakers unique per split."""
-    offset = {"train-100": 100, "train-360": 200, "dev": 300, "test": 400}[split]
+    offset = {"train-100": 100, "train-360": 200, "dev": 300, "test": 400}[
+        split
+    ]
     utts = [f"{offset + k}-{1000 + k}-{k:04d}" for k in range(count)]
     return f"{utts[index]}_{utts[(index + 1) % count]}"
 
 
-def _wsj_style(root, sample_rate, num_files, seconds, rng, splits, name_of, signals):
+def _wsj_style(
+    root, sample_rate, num_files, seconds, rng, splits, name_of, signals
+):
     """Write ``root/wavXk/min/<split>/<folder>/<name>.wav`` for each split.
 
     ``signals(s1, s2, noise)`` returns ``{folder: values}``.
@@ -122,13 +139,21 @@ def _wsj_style(root, sample_rate, num_files, seconds, rng, splits, name_of, sign
             noise = _noise(len(s1), rng)
             name = name_of(split, index, num_files)
             for folder, values in signals(s1, s2, noise, rng).items():
-                _write(base / split / folder / f"{name}.wav", values, sample_rate)
+                _write(
+                    base / split / folder / f"{name}.wav", values, sample_rate
+                )
 
 
 def _wsj0mix(root, sample_rate, num_files, seconds, rng):
     folder = root / "wsj0-mix" / "2speakers"
     _wsj_style(
-        folder, sample_rate, num_files, seconds, rng, _WSJ_SPLITS, _wsj_name,
+        folder,
+        sample_rate,
+        num_files,
+        seconds,
+        rng,
+        _WSJ_SPLITS,
+        _wsj_name,
         lambda s1, s2, noise, rng: {"mix": s1 + s2, "s1": s1, "s2": s2},
     )
     return folder
@@ -137,8 +162,13 @@ def _wsj0mix(root, sample_rate, num_files, seconds, rng):
 def _librimix(root, sample_rate, num_files, seconds, rng):
     folder = root / "Libri2Mix"
     _wsj_style(
-        folder, sample_rate, num_files, seconds, rng,
-        ("train-100", "train-360", "dev", "test"), _librispeech_name,
+        folder,
+        sample_rate,
+        num_files,
+        seconds,
+        rng,
+        ("train-100", "train-360", "dev", "test"),
+        _librispeech_name,
         lambda s1, s2, noise, rng: {
             "mix_clean": s1 + s2,
             "mix_both": s1 + s2 + noise,
@@ -154,7 +184,13 @@ def _librimix(root, sample_rate, num_files, seconds, rng):
 def _wham(root, sample_rate, num_files, seconds, rng):
     folder = root / "wham_original"
     _wsj_style(
-        folder, sample_rate, num_files, seconds, rng, _WSJ_SPLITS, _wsj_name,
+        folder,
+        sample_rate,
+        num_files,
+        seconds,
+        rng,
+        _WSJ_SPLITS,
+        _wsj_name,
         lambda s1, s2, noise, rng: {
             "mix_clean": s1 + s2,
             "mix_single": s1 + noise,
@@ -169,7 +205,10 @@ def _wham(root, sample_rate, num_files, seconds, rng):
 
 def _whamr_signals(sample_rate):
     def signals(s1, s2, noise, rng):
-        r1, r2 = _reverberate(s1, sample_rate, rng), _reverberate(s2, sample_rate, rng)
+        r1, r2 = (
+            _reverberate(s1, sample_rate, rng),
+            _reverberate(s2, sample_rate, rng),
+        )
         return {
             "mix_single_anechoic": s1 + noise,
             "mix_clean_anechoic": s1 + s2,
@@ -190,7 +229,13 @@ def _whamr_signals(sample_rate):
 def _whamr(root, sample_rate, num_files, seconds, rng):
     folder = root / "whamr"
     _wsj_style(
-        folder, sample_rate, num_files, seconds, rng, _WSJ_SPLITS, _wsj_name,
+        folder,
+        sample_rate,
+        num_files,
+        seconds,
+        rng,
+        _WSJ_SPLITS,
+        _wsj_name,
         _whamr_signals(sample_rate),
     )
     return folder
@@ -202,9 +247,13 @@ def _lrs2mix(root, sample_rate, num_files, seconds, rng):
         utterances = _Utterances(sample_rate, seconds, num_files, rng)
         for index in range(num_files):
             s1, s2 = utterances.pair(index)
-            name = f"{6330311066473698535 + index}_00011_0.53_{index}_00010_-0.53"
+            name = (
+                f"{6330311066473698535 + index}_00011_0.53_{index}_00010_-0.53"
+            )
             for sub, values in {"mix": s1 + s2, "s1": s1, "s2": s2}.items():
-                _write(folder / split / sub / f"{name}.wav", values, sample_rate)
+                _write(
+                    folder / split / sub / f"{name}.wav", values, sample_rate
+                )
     return folder
 
 
@@ -214,7 +263,10 @@ def _echo2mix(root, sample_rate, num_files, seconds, rng):
         utterances = _Utterances(sample_rate, seconds, num_files, rng)
         for index in range(num_files):
             s1, s2 = utterances.pair(index)
-            r1, r2 = _reverberate(s1, sample_rate, rng), _reverberate(s2, sample_rate, rng)
+            r1, r2 = (
+                _reverberate(s1, sample_rate, rng),
+                _reverberate(s2, sample_rate, rng),
+            )
             item = folder / split / f"{1089 + index}_{2300 + index}"
             _write(item / "mix.wav", r1 + r2, sample_rate)
             _write(item / "spk1_reverb.wav", r1, sample_rate)
@@ -297,11 +349,17 @@ def make_fake_layout(
         The folder to pass as ``data_folder`` to ``recipes.<name>.prepare``.
     """
     if name not in _BUILDERS:
-        raise ValueError(f"unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}")
+        raise ValueError(
+            f"unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}"
+        )
     if num_files < 2:
-        raise ValueError("num_files must be at least 2 (mixtures pair utterances)")
+        raise ValueError(
+            "num_files must be at least 2 (mixtures pair utterances)"
+        )
     rng = np.random.default_rng(seed)
-    return _BUILDERS[name](Path(root).absolute(), sample_rate, num_files, seconds, rng)
+    return _BUILDERS[name](
+        Path(root).absolute(), sample_rate, num_files, seconds, rng
+    )
 
 
 def make_echo2mix_json(data_folder, json_dir) -> Path:
@@ -325,7 +383,9 @@ def make_echo2mix_json(data_folder, json_dir) -> Path:
     files = {"mix": "mix.wav", "s1": "spk1_reverb.wav", "s2": "spk2_reverb.wav"}
     json_dir = Path(json_dir)
     for split in ("train", "val", "test"):
-        items = sorted(p for p in (Path(data_folder) / split).iterdir() if p.is_dir())
+        items = sorted(
+            p for p in (Path(data_folder) / split).iterdir() if p.is_dir()
+        )
         (json_dir / split).mkdir(parents=True, exist_ok=True)
         for key, file_name in files.items():
             entries = [

@@ -33,6 +33,7 @@ LAYOUT = (
     "folder or the folder holding it"
 )
 
+
 def utterances_of(mixture_id: str) -> tuple:
     """Return the two WSJ0 utterance ids of a mixture name.
 
