@@ -64,14 +64,18 @@ REQUIRED_HPARAMS = (
 )
 
 
-def flatten_hparams(hparams: dict, sections: tuple = ("data", "training")):
+def flatten_hparams(
+    hparams: dict, sections: tuple = ("dataset", "training")
+) -> dict:
     """Lift the keys of included YAML sections to the top level.
 
     The recipes in ``hparams/`` include a dataset file and a training file
-    under the keys ``data`` and ``training`` (HyperPyYAML nests an included
-    file under its key). The Brain and SpeechBrain's run options (e.g.
-    ``max_grad_norm``, ``precision``) are read from the top level, so this
-    returns one flat mapping. A key defined twice with different values is
+    under the keys ``dataset`` and ``training`` (HyperPyYAML nests an
+    included file under its key; ``data`` would not do: SpeechBrain's
+    argument parser reads ``--data=...`` as ``--data_parallel_backend``).
+    The Brain and SpeechBrain's run options (e.g. ``max_grad_norm``,
+    ``precision``) are read from the top level, so this returns one flat
+    mapping. A key defined twice with different values is
     an error: the second definition would silently not be used.
 
     Arguments
@@ -444,6 +448,9 @@ class Separation(sb.Brain):
             f"training {type(model).__name__} (as {type(separator).__name__}) "
             f"on {world_size} process(es), {groups} parameter group(s)"
         )
+        if self.hparams.use_speedperturb:
+            speeds = getattr(self.hparams.speed_perturb, "speeds", "?")
+            logger.info(f"speed perturbation of each source: {speeds} %")
 
     def on_stage_start(self, stage, epoch=None):
         """Reset the per-stage counters; say where a training epoch starts."""

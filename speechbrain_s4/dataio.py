@@ -373,6 +373,11 @@ def dynamic_mixing_dataset(
             noise_files = [row["noise_wav"] for row in csv.DictReader(handle)]
     outputs = ["mix_sig", "targets"] + (["noise_sig"] if noise_files else [])
     segment = _segment_samples(segment_seconds, sample_rate)
+    logger.info(
+        f"dynamic mixing from {sources_csv}: {len(speakers)} speakers, "
+        f"{int(weights.sum())} utterances"
+        + (f", noise from {len(noise_files)} files" if noise_files else "")
+    )
 
     @takes("id")
     @provides(*outputs)

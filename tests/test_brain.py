@@ -369,7 +369,7 @@ def test_flatten_hparams_lifts_sections_and_rejects_conflicts():
     flat = flatten_hparams(
         {
             "output_folder": "out",
-            "data": {"sample_rate": 8000, "num_spks": 2},
+            "dataset": {"sample_rate": 8000, "num_spks": 2},
             "training": {"optimizer": optimizer, "output_folder": "out"},
         }
     )
@@ -378,7 +378,10 @@ def test_flatten_hparams_lifts_sections_and_rejects_conflicts():
         flatten_hparams({"lr": 1.0, "training": {"lr": 0.001}})
     with pytest.raises(ValueError, match="'sample_rate'"):
         flatten_hparams(
-            {"data": {"sample_rate": 8000}, "training": {"sample_rate": 16000}}
+            {
+                "dataset": {"sample_rate": 8000},
+                "training": {"sample_rate": 16000},
+            }
         )
 
 
