@@ -211,6 +211,40 @@ def test_clipping_covers_every_parameter_group(tmp_path):
     assert brain.optimizer_step == 1
 
 
+def test_gradient_accumulation_steps_once_with_the_mean_gradient(tmp_path):
+    # SpeechBrain's fit_batch scales each loss by 1/factor and steps every
+    # factor batches; the overridden optimizers_step must keep that
+    separator = Gains()
+    brain = make_brain(
+        tmp_path,
+        separator,
+        opt_class=lambda p: torch.optim.SGD(p, lr=0.1),
+        run_opts={"grad_accumulation_factor": 2, "max_grad_norm": 1e9},
+        threshold_byloss=False,
+    )
+    brain.init_optimizers()
+    generator = torch.Generator().manual_seed(5)
+    batches, reference = [], Gains()
+    expected = [torch.zeros_like(p) for p in reference.parameters()]
+    for _ in range(2):
+        targets = torch.randn(1, 600, 2, generator=generator)
+        mix = targets.sum(-1)
+        batches.append(batch_of(list(mix), list(targets)))
+        loss = get_si_snr_with_pitwrapper(targets, reference(mix)).mean()
+        grads = torch.autograd.grad(loss / 2, list(reference.parameters()))
+        expected = [e + g for e, g in zip(expected, grads)]
+    start = [p.detach().clone() for p in separator.parameters()]
+    brain.step = 1
+    brain.fit_batch(batches[0])  # accumulate
+    assert brain.optimizer_step == 0
+    assert all(torch.equal(p, s) for p, s in zip(separator.parameters(), start))
+    brain.step = 2
+    brain.fit_batch(batches[1])  # step
+    assert brain.optimizer_step == 1
+    for param, begin, grad in zip(separator.parameters(), start, expected):
+        torch.testing.assert_close(param.detach(), begin - 0.1 * grad)
+
+
 # --------------------------------------------------------------------------
 # loss
 
