@@ -62,7 +62,7 @@ CUDA_INSTALL_HINT = 'pip install "speechbrain_s4[cuda]"'
 # - the forward keeps the state every _CHECKPOINT_STEPS steps for the
 #   backward, i.e. 1/_CHECKPOINT_STEPS of the [B, D, L, N] states.
 _SLAB_ELEMENTS = 2**17
-_BLOCK_ELEMENTS = 2**17
+_BLOCK_ELEMENTS = 2**18
 _CHECKPOINT_STEPS = 32
 
 _logged_choices = set()
@@ -619,7 +619,9 @@ class _ScanPlan:
     """Sizes and blocking of one scan, and the per-batch-group kernels.
 
     State slabs are [Bg, G, N, Dg] (one time step of a batch group); blocks
-    of k steps are [k, Bg, G, N, Dg], contiguous.
+    of k steps are [k, Bg, G, N, Dg], contiguous. Sequences are read through
+    time-major views made once per group ([L, Bg, G, 1, Dg] for Delta and
+    x = Delta u), so that a block costs a handful of kernel calls.
     """
 
     def __init__(self, u, A):
@@ -652,13 +654,12 @@ class _ScanPlan:
             device=self.device,
         )
 
-    def _block(self, batch, steps=None):
-        """A reusable [k, Bg, G, N, Dg] buffer and its k step views.
+    def _buffer(self, steps, batch):
+        """A reusable [steps, Bg, G, N, Dg] buffer and its step views.
 
         The views are made once: indexing the buffer at every time step
-        would add two dispatcher calls to each step of the scan.
+        would add dispatcher calls to each step of the scan.
         """
-        steps = self.block_steps if steps is None else steps
         data = torch.empty(
             steps,
             batch,
@@ -670,25 +671,18 @@ class _ScanPlan:
         )
         return data, data.unbind(0)
 
-    # -- building blocks on k steps ------------------------------------
-    def _per_step(self, seq, t0, t1):
-        """[Bg, L, D] -> steps t0:t1 as [k, Bg, G, 1, Dg] (a view)."""
+    def _time_major(self, seq):
+        """[Bg, L, D] -> [L, Bg, G, 1, Dg], a view."""
         return (
-            seq[:, t0:t1]
-            .transpose(0, 1)
+            seq.transpose(0, 1)
             .unflatten(-1, (self.groups, self.group_size))
             .unsqueeze(-2)
         )
 
-    def _decays(self, delta, A, t0, t1, out):
-        """out[i] = exp(Delta_{t0+i} A), eq. (4)."""
-        torch.mul(self._per_step(delta, t0, t1), A, out=out)
-        out.exp_()
-
-    def _inputs(self, x, B, t0, t1, out):
-        """out[i] = Delta_t u_t B_t (the input term of eq. 2a)."""
-        proj = B if B.dim() == 3 else B[t0:t1, :, :, :, None]
-        torch.mul(self._per_step(x, t0, t1), proj, out=out)
+    def _blocks(self, start, stop):
+        """(t0, t1) blocks of at most k steps covering start:stop."""
+        for t0 in range(start, stop, self.block_steps):
+            yield t0, min(t0 + self.block_steps, stop)
 
     @staticmethod
     def _scan(state_steps, decay_steps, prev):
@@ -697,135 +691,163 @@ class _ScanPlan:
             state.addcmul_(decay, prev)
             prev = state
 
-    def _readout(self, states, C, t0, t1):
-        """y_t = sum_n C_t h_t (eq. 2b) for a block -> [Bg, k, D]."""
+    def _states(self, delta, x, A, B, decays, states, prev):
+        """Steps of eq. (2a) for one block, from prev = h_{t0-1}.
+
+        delta and x are [k, Bg, G, 1, Dg]; B is [k, Bg, G, N, 1] or
+        time-invariant [G, N, Dg]. ``decays`` and ``states`` are (data,
+        step views) pairs of exactly k steps; on return they hold
+        exp(Delta_t A) (eq. 4) and h_t.
+        """
+        torch.mul(delta, A, out=decays[0])
+        decays[0].exp_()
+        torch.mul(x, B, out=states[0])  # the input Delta_t u_t B_t
+        self._scan(states[1], decays[1], prev)
+
+    def _readout(self, states, C, out):
+        """out [k, Bg, D] = sum_n C_t h_t (eq. 2b) for one block."""
         steps, batch = states.shape[:2]
-        if C.dim() == 3:
+        if C.dim() == 3:  # time-invariant [G, N, Dg]
             y = (states * C).sum(-2)  # [k, Bg, G, Dg]
-        else:
+        else:  # [k, Bg, G, N]: per step, [1, N] x [N, Dg]
             y = torch.bmm(
-                C[t0:t1].reshape(-1, 1, self.d_state),
+                C.reshape(-1, 1, self.d_state),
                 states.view(-1, self.d_state, self.group_size),
             )  # [k Bg G, 1, Dg]
-        return y.view(steps, batch, self.d_inner).transpose(0, 1)
-
-    def _run_states(self, x, delta, A, B, t0, t1, decays, states, prev):
-        """Block t0:t1 of eq. (2a) from prev = h_{t0-1}.
-
-        ``decays`` and ``states`` are (buffer, step views) pairs holding at
-        least t1 - t0 steps; on return they hold exp(Delta_t A) and h_t.
-        """
-        steps = t1 - t0
-        self._decays(delta, A, t0, t1, decays[0][:steps])
-        self._inputs(x, B, t0, t1, states[0][:steps])
-        self._scan(states[1][:steps], decays[1][:steps], prev)
+        out.copy_(y.view(steps, batch, self.d_inner))
 
     # -- forward --------------------------------------------------------
     def forward_group(self, u, delta, A, B, C, y, checkpoints):
-        """Scan batch rows u [Bg, L, D]; write y; return h_{L-1}."""
+        """Scan batch rows u [Bg, L, D]; write y [Bg, L, D]; return h_{L-1}."""
         batch = u.shape[0]
-        x = delta * u  # [Bg, L, D]
-        decays, states = self._block(batch), self._block(batch)
+        delta_steps = self._time_major(delta)
+        x_steps = self._time_major(delta * u)  # Delta_t u_t
+        if B.dim() == 4:
+            B = B.unsqueeze(-1)  # [L, Bg, G, N, 1]
+        y_steps = y.transpose(0, 1)  # [L, Bg, D]
+        k = self.block_steps
+        decays, states = self._buffer(k, batch), self._buffer(k, batch)
         state = torch.zeros_like(states[1][0])  # [Bg, G, N, Dg]
-        for t0 in range(0, self.length, self.block_steps):
-            t1 = min(t0 + self.block_steps, self.length)
+        for t0, t1 in self._blocks(0, self.length):
+            n = t1 - t0
             if checkpoints is not None and t0 % self.chunk_steps == 0:
                 checkpoints[t0 // self.chunk_steps] = state
-            self._run_states(x, delta, A, B, t0, t1, decays, states, state)
-            y[:, t0:t1] = self._readout(states[0][: t1 - t0], C, t0, t1)
-            state.copy_(states[1][t1 - t0 - 1])
+            self._states(
+                delta_steps[t0:t1],
+                x_steps[t0:t1],
+                A,
+                B if B.dim() == 3 else B[t0:t1],
+                (decays[0][:n], decays[1][:n]),
+                (states[0][:n], states[1][:n]),
+                state,
+            )
+            C_block = C if C.dim() == 3 else C[t0:t1]
+            self._readout(states[0][:n], C_block, y_steps[t0:t1])
+            state.copy_(states[1][n - 1])
         return state
 
     # -- backward -------------------------------------------------------
     def backward_group(self, u, delta, A, B, C, dy, dlast, checkpoints, grads):
-        """Reverse scan over the batch rows of u; fill ``grads``."""
+        """Reverse scan over the batch rows u [Bg, L, D]; fill ``grads``.
+
+        Chunk by chunk from the end: recompute the chunk's states and decays
+        from its checkpoint, then run the adjoint recurrence backwards over
+        its blocks (see ``_ChunkedScan``).
+        """
         batch = u.shape[0]
-        x = delta * u  # [Bg, L, D]
-        dx = torch.empty_like(x)
-        decays, adjoints = self._block(batch), self._block(batch)
-        # states h_{c0-1} .. h_{c1-1} of the chunk being differentiated
-        chunk, chunk_steps = self._block(batch, self.chunk_steps + 1)
+        seq = types.SimpleNamespace(
+            delta=self._time_major(delta),
+            x=self._time_major(delta * u),
+            dy=self._time_major(dy),
+            B=B if B.dim() == 3 else B.unsqueeze(-1),  # [L, Bg, G, N, 1]
+            C=C,
+        )
+        dx = torch.empty_like(u)  # dLoss/d(Delta_t u_t), [Bg, L, D]
+        dx_steps = dx.transpose(0, 1)  # [L, Bg, D]
+        T = self.chunk_steps
+        states, state_steps = self._buffer(T + 1, batch)  # h_{c0-1} .. h_{c1-1}
+        decays, decay_steps = self._buffer(T, batch)
+        adjoints = self._buffer(self.block_steps, batch)
         # dLoss/dh_t flowing back from step t+1: exp(Delta_{t+1} A) G_{t+1}
-        carry = torch.zeros_like(chunk[0]) if dlast is None else dlast.clone()
+        carry = torch.zeros_like(states[0]) if dlast is None else dlast.clone()
         for c in reversed(range(self.n_chunks)):
-            c0 = c * self.chunk_steps
-            c1 = min(c0 + self.chunk_steps, self.length)
-            chunk[0] = checkpoints[c]
-            for t0 in range(c0, c1, self.block_steps):
-                t1 = min(t0 + self.block_steps, c1)
-                i0, i1 = t0 - c0 + 1, t1 - c0 + 1  # h_t is chunk[t - c0 + 1]
-                self._run_states(
-                    x,
-                    delta,
+            c0 = c * T
+            c1 = min(c0 + T, self.length)
+            states[0] = checkpoints[c]
+            for t0, t1 in self._blocks(c0, c1):
+                j0, j1 = t0 - c0, t1 - c0  # h_t is states[t - c0 + 1]
+                self._states(
+                    seq.delta[t0:t1],
+                    seq.x[t0:t1],
                     A,
-                    B,
+                    seq.B if seq.B.dim() == 3 else seq.B[t0:t1],
+                    (decays[j0:j1], decay_steps[j0:j1]),
+                    (states[j0 + 1 : j1 + 1], state_steps[j0 + 1 : j1 + 1]),
+                    state_steps[j0],
+                )
+            for t0, t1 in reversed(list(self._blocks(c0, c1))):
+                j0, j1 = t0 - c0, t1 - c0
+                self._block_grads(
+                    seq,
+                    A,
                     t0,
                     t1,
-                    decays,
-                    (chunk[i0:i1], chunk_steps[i0:i1]),
-                    chunk_steps[i0 - 1],
+                    (decays[j0:j1], decay_steps[j0:j1]),
+                    states[j0 + 1 : j1 + 1],
+                    states[j0:j1],
+                    adjoints,
+                    carry,
+                    dx_steps,
+                    grads,
                 )
-            block_starts = range(c0, c1, self.block_steps)
-            for t0 in reversed(block_starts):
-                t1 = min(t0 + self.block_steps, c1)
-                i0, i1 = t0 - c0 + 1, t1 - c0 + 1
-                self._block_grads(
-                    x, delta, A, B, C, dy, t0, t1,
-                    decays, adjoints, chunk[i0:i1], chunk[i0 - 1 : i1 - 1],
-                    carry, dx, grads,
-                )
-        grads.du.copy_(dx * delta)
+        torch.mul(dx, delta, out=grads.du)
         grads.ddelta.addcmul_(dx, u)
 
     def _block_grads(
-        self, x, delta, A, B, C, dy, t0, t1,
-        decays, adjoints, states, previous, carry, dx, grads,
+        self, seq, A, t0, t1, decays, states, previous, adjoints, carry,
+        dx_steps, grads,
     ):
-        """Gradients of steps t0:t1 given the states; update ``carry``.
+        """Gradients of steps t0:t1 of one batch group; update ``carry``.
 
-        ``states`` and ``previous`` are h_t and h_{t-1} for the block;
-        ``decays`` and ``adjoints`` are (buffer, step views) work space.
+        ``decays`` holds exp(Delta_t A) (data, step views) and is consumed;
+        ``states`` and ``previous`` are h_t and h_{t-1} [k, Bg, G, N, Dg].
         """
-        steps = t1 - t0
-        N, Dg = self.d_state, self.group_size
-        decay_steps, adjoint_steps = decays[1][:steps], adjoints[1][:steps]
-        decays, adjoints = decays[0][:steps], adjoints[0][:steps]
-        dy_steps = self._per_step(dy, t0, t1)  # [k, Bg, G, 1, Dg]
-        self._decays(delta, A, t0, t1, decays)
+        n = t1 - t0
+        N, Dg, k_batch = self.d_state, self.group_size, states.shape[:2]
+        decays, decay_steps = decays
+        adjoints, adjoint_steps = adjoints[0][:n], adjoints[1][:n]
+        dy, x, delta = seq.dy[t0:t1], seq.x[t0:t1], seq.delta[t0:t1]
         # G_t = C_t dy_t + exp(Delta_{t+1} A) G_{t+1}: a reverse scan
-        if C.dim() == 3:
-            torch.mul(C, dy_steps, out=adjoints)
-        else:
-            torch.mul(C[t0:t1, :, :, :, None], dy_steps, out=adjoints)
+        C = seq.C if seq.C.dim() == 3 else seq.C[t0:t1]  # [k, Bg, G, N]
+        torch.mul(C if C.dim() == 3 else C.unsqueeze(-1), dy, out=adjoints)
         adjoint_steps[-1].add_(carry)
         self._scan(adjoint_steps[-2::-1], decay_steps[:0:-1], adjoint_steps[-1])
         # dC_t = sum_d dy_t h_t
         if C.dim() == 3:
-            grads.dC.add_((states * dy_steps).sum((0, 1)))
+            grads.dC.add_((states * dy).sum((0, 1)))
         else:
             grads.dC[t0:t1] = torch.bmm(
-                states.view(-1, N, Dg), dy_steps.reshape(-1, Dg, 1)
-            ).view(steps, -1, self.groups, N)
+                states.view(-1, N, Dg), dy.reshape(-1, Dg, 1)
+            ).view(C.shape)
         # dx_t = sum_n B_t G_t and dB_t = sum_d x_t G_t
-        x_steps = self._per_step(x, t0, t1)  # [k, Bg, G, 1, Dg]
-        if B.dim() == 3:
-            dx_block = (adjoints * B).sum(-2)
-            grads.dB.add_((adjoints * x_steps).sum((0, 1)))
+        if seq.B.dim() == 3:
+            dx = (adjoints * seq.B).sum(-2)  # [k, Bg, G, Dg]
+            grads.dB.add_((adjoints * x).sum((0, 1)))
         else:
-            B_steps = B[t0:t1].reshape(-1, 1, N)
-            dx_block = torch.bmm(B_steps, adjoints.view(-1, N, Dg))
+            B = seq.B[t0:t1]  # [k, Bg, G, N, 1]
+            dx = torch.bmm(B.reshape(-1, 1, N), adjoints.view(-1, N, Dg))
             grads.dB[t0:t1] = torch.bmm(
-                adjoints.view(-1, N, Dg), x_steps.reshape(-1, Dg, 1)
-            ).view(steps, -1, self.groups, N)
-        dx[:, t0:t1] = dx_block.view(steps, -1, self.d_inner).transpose(0, 1)
+                adjoints.view(-1, N, Dg), x.reshape(-1, Dg, 1)
+            ).view(B.shape[:-1])
+        dx_steps[t0:t1] = dx.view(*k_batch, self.d_inner)
         # M_t = G_t exp(Delta_t A) h_{t-1}; the carry is its first two factors
         moments = decays.mul_(adjoints)
         carry.copy_(moments[0])
         moments.mul_(previous)
         # dDelta_t = sum_n A M_t ; dA = sum_{b,t} Delta_t M_t
         torch.mul(moments, A, out=adjoints)
-        grads.ddelta[:, t0:t1] = (
-            adjoints.sum(-2).view(steps, -1, self.d_inner).transpose(0, 1)
+        grads.ddelta.transpose(0, 1)[t0:t1] = adjoints.sum(-2).view(
+            *k_batch, self.d_inner
         )
-        torch.mul(moments, self._per_step(delta, t0, t1), out=adjoints)
+        torch.mul(moments, delta, out=adjoints)
         grads.dA.add_(adjoints.sum((0, 1)))
