@@ -1,15 +1,12 @@
 """Metrics: SDR against mir_eval, SI-SNR against a float64 formula, PIT, CSV."""
 
 import csv
-import glob
-import os
 import sys
 import types
 import warnings
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from speechbrain_s4 import metrics
@@ -21,9 +18,14 @@ from speechbrain_s4.metrics import (
     utterance_metrics,
     write_results_csv,
 )
+from speechbrain_s4.voices import (
+    apt_install_command,
+    find_voices,
+    load_clip,
+    trim_silence,
+)
 
-ASTERISK = "/usr/share/asterisk/sounds"
-VOICES = ("en_US_f_Allison", "fr_CA_f_June", "it_IT_m_Carlo")
+TWO_VOICES = ("en_US_f_Allison", "fr_CA_f_June")
 
 
 def mir_eval_sdr(targets, estimates, mixture):
@@ -51,29 +53,30 @@ def distorted_estimates(sources, rng):
 
 
 def real_speech_sources(num_samples=8000):
-    """Two Debian voices (8 kHz telephone prompts), one second each."""
+    """Two Debian voices (8 kHz telephone prompts), one second of each."""
+    voices = find_voices(8000)
     clips = []
-    for voice in VOICES[:2]:
-        files = sorted(glob.glob(os.path.join(ASTERISK, voice, "*.wav")))
-        long_enough = [
-            f for f in files if sf.info(f).frames >= num_samples + 2000
-        ]
-        if not long_enough:
-            return None
-        audio, rate = sf.read(long_enough[0], dtype="float64")
-        assert rate == 8000
-        clips.append(audio[2000 : 2000 + num_samples])  # skip leading silence
+    for voice in TWO_VOICES:
+        for path in voices.get(voice, []):
+            audio = trim_silence(load_clip(path, 8000), 8000)
+            if audio.shape[0] >= num_samples:
+                clips.append(audio[:num_samples].astype(np.float64))
+                break
+    if len(clips) < 2:
+        return None
     return np.stack([clips[0], 0.6 * clips[1]], axis=1)
 
 
 @pytest.mark.skipif(
-    not all(os.path.isdir(os.path.join(ASTERISK, v)) for v in VOICES[:2]),
-    reason="needs the Debian voices: apt-get install "
-    "asterisk-core-sounds-en-wav asterisk-core-sounds-fr-wav",
+    not set(TWO_VOICES) <= set(find_voices(8000)),
+    reason="needs two Debian voices: "
+    + apt_install_command(
+        ["asterisk-core-sounds-en-wav", "asterisk-core-sounds-fr-wav"]
+    ),
 )
 def test_sdr_matches_mir_eval_on_real_speech():
     sources = real_speech_sources()
-    assert sources is not None, "no asterisk prompt is 1.25 s long"
+    assert sources is not None, "no prompt of these voices lasts 1 s"
     estimates = distorted_estimates(sources, np.random.default_rng(0))
     mixture = sources.sum(axis=1)
     sdr, sdr_i = sdr_improvement(
