@@ -43,6 +43,66 @@ def command(name, help_text):
     return register
 
 
+@command(
+    "benchmark",
+    "Print benchmark tables.\n\n"
+    "--kernels times the selective scan of Mamba (sequential reference loop "
+    "vs the chunked CPU scan, forward and forward+backward, with their "
+    "speed-up and largest difference) and the S4 layer (kernel + FFT "
+    "convolution) on CPU, with a fixed number of threads.",
+)
+def _benchmark_arguments(parser):
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="time the selective scan and the S4 layer kernels",
+    )
+    sizes = parser.add_argument_group("kernel sizes")
+    sizes.add_argument("--batch", type=int, default=4, help="batch size B")
+    sizes.add_argument(
+        "--d-inner", type=int, default=512, help="scan channels D (d_inner)"
+    )
+    sizes.add_argument("--d-state", type=int, default=16, help="state size N")
+    sizes.add_argument("--length", type=int, default=4000, help="sequence length L")
+    sizes.add_argument(
+        "--s4-channels", type=int, default=512, help="S4 layer channels H"
+    )
+    sizes.add_argument("--s4-state", type=int, default=16, help="S4 state size N")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="intra-op CPU threads (fixed)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats of fast kernels"
+    )
+    parser.add_argument(
+        "--ref-repeats",
+        type=int,
+        default=1,
+        help="timed repeats of the (slow) sequential reference loop",
+    )
+
+    def run(args):
+        if not args.kernels:
+            raise ValueError("nothing to benchmark; pass --kernels")
+        # imported here so that the CLI starts without loading the models
+        from speechbrain_s4.benchmark import format_kernel_table, kernel_benchmark
+
+        rows = kernel_benchmark(
+            batch=args.batch,
+            d_inner=args.d_inner,
+            d_state=args.d_state,
+            length=args.length,
+            s4_channels=args.s4_channels,
+            s4_state=args.s4_state,
+            threads=args.threads,
+            repeats=args.repeats,
+            ref_repeats=args.ref_repeats,
+        )
+        print(format_kernel_table(rows, threads=args.threads))
+
+    return run
+
+
 def build_parser():
     """Return the top-level parser with every registered subcommand.
 

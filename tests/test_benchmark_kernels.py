@@ -1,0 +1,53 @@
+"""The kernel benchmark table: rows, finite numbers, agreement (not timing)."""
+
+import math
+
+from speechbrain_s4 import cli
+from speechbrain_s4.benchmark import format_kernel_table, kernel_benchmark
+
+TINY = dict(
+    batch=2, d_inner=8, d_state=4, length=45, s4_channels=8, s4_state=8
+)
+KERNELS = [
+    "selective scan, sequential loop (ref)",
+    "selective scan, chunked (torch)",
+    "S4 layer: kernel + FFT conv (bidirectional)",
+]
+
+
+def test_kernel_benchmark_rows_are_finite_and_backends_agree():
+    rows = kernel_benchmark(threads=1, repeats=2, **TINY)
+    assert [row["kernel"] for row in rows] == KERNELS
+    for row in rows:
+        assert math.isfinite(row["forward_ms"]) and row["forward_ms"] > 0
+        assert math.isfinite(row["forward_backward_ms"])
+        assert row["forward_backward_ms"] > 0
+    ref, fast, s4 = rows
+    assert ref["size"] == fast["size"] == "B=2 D=8 N=4 L=45"
+    assert s4["size"] == "B=2 H=8 N=8 L=45"
+    assert fast["speedup_forward"] == ref["forward_ms"] / fast["forward_ms"]
+    assert math.isfinite(fast["speedup_forward_backward"])
+    # outputs and gradients of the two scans, float32
+    assert 0 <= fast["max_rel_diff"] <= 1e-5
+    assert fast["max_abs_diff"] >= 0
+    table = format_kernel_table(rows, threads=1)
+    lines = table.splitlines()
+    assert "1 threads" in lines[0]
+    assert len(lines) == 2 + len(KERNELS)
+    for kernel, line in zip(KERNELS, lines[2:]):
+        assert line.startswith(kernel)
+
+
+def test_cli_benchmark_kernels_prints_the_table(capsys):
+    args = ["benchmark", "--kernels", "--threads", "1", "--repeats", "1"]
+    args += ["--batch", "1", "--d-inner", "4", "--d-state", "2"]
+    args += ["--length", "20", "--s4-channels", "4", "--s4-state", "4"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    for kernel in KERNELS:
+        assert kernel in out
+
+
+def test_cli_benchmark_without_a_table_is_a_user_error(capsys):
+    assert cli.main(["benchmark"]) == 2
+    assert "pass --kernels" in capsys.readouterr().err
