@@ -12,7 +12,13 @@ import sys
 from speechbrain_s4 import __version__
 
 #: Exceptions that signal a problem with the user's input, not a bug.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, KeyError)
+USER_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    ValueError,
+    KeyError,
+)
 
 #: name -> (help text, function adding the arguments, function running it)
 COMMANDS = {}
@@ -101,6 +107,307 @@ def _benchmark_arguments(parser):
         print(format_kernel_table(rows, threads=args.threads))
 
     return run
+
+
+@command(
+    "separate",
+    "Separate the speakers of audio files.\n\n"
+    "Each input (any format soundfile reads; multi-channel files are\n"
+    "averaged to mono; any sample rate, resampled to the model's and back)\n"
+    "gives <name>_s1.wav, <name>_s2.wav, ... in the output folder, at the\n"
+    "input's sample rate, as 32-bit float WAV without normalisation. Long\n"
+    "files are separated in overlapping chunks with the speakers realigned\n"
+    "between chunks (--chunk-seconds; the model chooses by default).\n\n"
+    "examples:\n"
+    "  speechbrain-s4 separate meeting.flac -o separated/\n"
+    "  speechbrain-s4 separate a.wav b.wav --model exported/s4m-tiny",
+)
+def _separate_arguments(parser):
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="audio files")
+    parser.add_argument(
+        "-o",
+        "--output-dir",
+        default=".",
+        metavar="DIR",
+        help="where to write the estimates (default: the current folder)",
+    )
+    _model_arguments(parser)
+    _chunk_arguments(parser)
+
+    def run(args):
+        from pathlib import Path
+
+        from speechbrain_s4.audio import write_estimates
+        from speechbrain_s4.inference import S4Separation
+
+        inputs = [Path(path) for path in args.inputs]
+        for path in inputs:
+            if not path.is_file():
+                raise FileNotFoundError(f"no audio file at {path}")
+        stems = [path.stem for path in inputs]
+        clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if clashes:
+            raise ValueError(
+                f"several inputs are named {', '.join(clashes)}; their "
+                "estimates would overwrite each other: separate them into "
+                "different output folders"
+            )
+        model = _load_model(S4Separation, args)
+        for path in inputs:
+            estimates = model.separate_file(
+                path,
+                chunk_seconds=args.chunk_seconds,
+                overlap_seconds=args.overlap_seconds,
+                progress=False if args.no_progress else None,
+            )  # [1, T, S] at the input's rate
+            rate = _file_rate(path)
+            for written in write_estimates(
+                estimates[0], rate, args.output_dir, path.stem
+            ):
+                print(written)
+
+    return run
+
+
+@command(
+    "export",
+    "Turn a training run into an inference folder.\n\n"
+    "RUN_DIR is a train.py output folder (results/<model>_<dataset>/<seed>)\n"
+    "holding the hyperparams.yaml train.py saved and save/CKPT+* checkpoints.\n"
+    "The checkpoint with the best validation SI-SNR is exported (or the one\n"
+    "given with --checkpoint) to OUT_DIR as hyperparams.yaml (the\n"
+    "separator's definition, copied from the run) + separator.ckpt, checked\n"
+    "by rebuilding the model and loading the weights strictly. Works for\n"
+    "every model of the package. Load the result with\n"
+    "S4Separation.from_hparams(OUT_DIR) or `separate --model OUT_DIR`.",
+)
+def _export_arguments(parser):
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="train.py output folder")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="inference folder")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="CKPT_DIR",
+        help="export this CKPT+... folder instead of the best one",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an existing inference folder",
+    )
+
+    def run(args):
+        from speechbrain_s4.inference import export_recipe
+
+        info = export_recipe(
+            args.run_dir, args.out_dir, args.checkpoint, args.overwrite
+        )
+        score = info["valid_si_snr"]
+        print(
+            f"exported {info['model']} from {info['checkpoint']}"
+            + (f" (validation SI-SNR {score:.2f} dB)" if score is not None else "")
+            + f" to {info['folder']}"
+        )
+
+    return run
+
+
+@command(
+    "convert",
+    "Convert an original S4M or SPMamba checkpoint to an inference folder.\n\n"
+    "ARCH is s4m (JusperLee/S4M) or spmamba (JusperLee/SPMamba). Keys are\n"
+    "mapped and checked strictly (S4M's stored C~ is turned back into C).\n"
+    "Give the original constructor's keyword arguments when the checkpoint\n"
+    "was not trained with the defaults, e.g.\n"
+    "  speechbrain-s4 convert s4m best_model.pth s4m-8k \\\n"
+    "      --kwargs sample_rate=8000 num_blocks=16\n"
+    "The written folder is verified: rebuilt from its YAML, loaded strictly,\n"
+    "and equal in output to the converted model.",
+)
+def _convert_arguments(parser):
+    parser.add_argument("arch", metavar="ARCH", help="s4m or spmamba")
+    parser.add_argument("checkpoint", metavar="CKPT", help="original checkpoint")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="inference folder")
+    parser.add_argument(
+        "--kwargs",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="original constructor arguments (numbers, true/false, text)",
+    )
+    parser.add_argument(
+        "--reference-cpu-kernel",
+        action="store_true",
+        help="S4M only: reproduce the reference's CPU-fallback S4 kernel "
+        "(conj_symmetric=False) instead of the exact kernel",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an existing inference folder",
+    )
+
+    def run(args):
+        from speechbrain_s4.inference import convert_checkpoint
+
+        info = convert_checkpoint(
+            args.arch,
+            args.checkpoint,
+            args.out_dir,
+            overwrite=args.overwrite,
+            conj_symmetric=not args.reference_cpu_kernel,
+            **_parse_kwargs(args.kwargs),
+        )
+        print(f"converted {args.checkpoint} ({info['model']}) to {info['folder']}")
+
+    return run
+
+
+@command(
+    "evaluate",
+    "Score separation against reference sources (SI-SNRi, SDRi).\n\n"
+    "Every audio file MIX_DIR/<name> is a mixture whose speaker k reference\n"
+    "is REF_DIR_k/<name> (the WSJ0-2mix layout: mix/ s1/ s2/). The model\n"
+    "(--model) separates each mixture, or --estimates DIR reads the files\n"
+    "<stem>_s1.wav, ... that `separate` wrote. Prints per-file and average\n"
+    "SI-SNR, SI-SNRi (SpeechBrain's, best permutation) and BSS Eval SDR,\n"
+    "SDRi (fast_bss_eval, 512 taps); --csv also writes SpeechBrain's\n"
+    "test_results.csv layout.\n\n"
+    "example:\n"
+    "  speechbrain-s4 evaluate test/mix test/s1 test/s2 --model exported/",
+)
+def _evaluate_arguments(parser):
+    parser.add_argument("mix_dir", metavar="MIX_DIR", help="mixtures")
+    parser.add_argument(
+        "ref_dirs", nargs="+", metavar="REF_DIR", help="one folder per speaker"
+    )
+    parser.add_argument(
+        "--estimates",
+        metavar="DIR",
+        help="score these already separated files instead of running a model",
+    )
+    parser.add_argument("--csv", metavar="FILE", help="also write a results CSV")
+    _model_arguments(parser)
+    _chunk_arguments(parser)
+
+    def run(args):
+        from speechbrain_s4.inference import (
+            S4Separation,
+            evaluate_folders,
+            format_results_table,
+        )
+        from speechbrain_s4.metrics import write_results_csv
+
+        model = None if args.estimates else _load_model(S4Separation, args)
+        rows = evaluate_folders(
+            args.mix_dir,
+            args.ref_dirs,
+            separation=model,
+            estimates_folder=args.estimates,
+            chunk_seconds=args.chunk_seconds,
+        )
+        print(format_results_table(rows))
+        if args.csv:
+            write_results_csv(rows, args.csv)
+            print(f"wrote {args.csv}")
+
+    return run
+
+
+@command(
+    "minimix",
+    "Build the minimix real-speech 2-speaker set from Debian voices.\n\n"
+    "Writes OUT_DIR/wav8k (and/or wav16k) with train/valid/test mixtures\n"
+    "(mix_clean, mix_both), sources s1, s2, noise and metadata.json, from\n"
+    "the installed Debian voice packages; nothing is downloaded. The same\n"
+    "as python -m speechbrain_s4.minimix.",
+)
+def _minimix_arguments(parser):
+    # minimix's own options (speechbrain_s4.minimix.add_arguments), added
+    # only when this subcommand is parsed: importing minimix (scipy,
+    # SpeechBrain) takes seconds that every other command should not pay
+    parse_known_args = parser.parse_known_args
+
+    def parse_with_minimix_options(args=None, namespace=None):
+        from speechbrain_s4.minimix import add_arguments
+
+        add_arguments(parser)
+        parser.parse_known_args = parse_known_args
+        return parse_known_args(args, namespace)
+
+    parser.parse_known_args = parse_with_minimix_options
+
+    def run(args):
+        from speechbrain_s4.minimix import build_from_args
+
+        for rate, path in build_from_args(args).items():
+            print(f"{rate} Hz: {path}")
+
+    return run
+
+
+def _model_arguments(parser):
+    """--model and --device, shared by separate and evaluate."""
+    parser.add_argument(
+        "--model",
+        metavar="DIR|NAME",
+        default=None,
+        help="inference folder (from export/convert) or bundled model name "
+        "(default: the bundled s4m-tiny-minimix)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu or cuda:0 (default: cuda if available)",
+    )
+
+
+def _chunk_arguments(parser):
+    """Long-audio options, shared by separate and evaluate."""
+    parser.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="chunk length for long files (default: the model's; 0: whole "
+        "file in one pass)",
+    )
+    parser.add_argument(
+        "--overlap-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="overlap between chunks (default: the model's, at most a "
+        "quarter of the chunk)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bar"
+    )
+
+
+def _load_model(interface, args):
+    """The separation interface for ``--model`` on ``--device``."""
+    run_opts = {} if args.device is None else {"device": args.device}
+    return interface.from_hparams(args.model, run_opts=run_opts)
+
+
+def _file_rate(path):
+    """Sample rate of an audio file."""
+    import soundfile
+
+    return soundfile.info(str(path)).samplerate
+
+
+def _parse_kwargs(pairs):
+    """KEY=VALUE strings -> dict; values parsed as YAML scalars."""
+    import yaml
+
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--kwargs expects KEY=VALUE, got {pair!r}")
+        kwargs[key] = yaml.safe_load(value)
+    return kwargs
 
 
 def build_parser():
