@@ -426,39 +426,45 @@ def _selective_scan_chunked(
 ):
     """Fast exact CPU scan; same contract as ``selective_scan_ref``.
 
-    Delta's bias and softplus, the D skip and the gate are cheap [B, D, L]
-    operations left to autograd; the O(B D L N) recurrence runs in
-    ``_ChunkedScan`` on channels-last ([B, L, D]) tensors. Callers that hold
-    channels-last data (the Mamba mixer) pass transposed views, which makes
-    the layout changes here free; the output has the memory layout of ``u``
-    (contiguous [B, D, L] for a contiguous ``u``, channels-last otherwise).
+    Everything, including Delta's bias and softplus, the D skip and the
+    gate, runs in ``_ChunkedScan`` on channels-last ([B, L, D]) tensors.
+    Callers that hold channels-last data (the Mamba mixer) pass transposed
+    views, which makes the layout changes here free; the output has the
+    memory layout of ``u`` (contiguous [B, D, L] for a contiguous ``u``,
+    channels-last otherwise).
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     dtype_in = u.dtype
     dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, d_inner, length = u.shape
     d_state = A.shape[1]
-    u_contiguous = u.is_contiguous()
+    groups = _shared_groups(B, C)
+
+    def channels_last(seq):  # [B, D, L] -> [B, L, D], contiguous
+        return None if seq is None else seq.to(dtype).transpose(1, 2).contiguous()
+
+    def vector(vec):
+        return None if vec is None else vec.to(dtype)
+
     with _no_autocast(u.device.type):
-        u = u.to(dtype)
-        delta = _effective_delta(delta, delta_bias, delta_softplus, dtype)
-        groups = _shared_groups(B, C)
-        group_size = d_inner // groups
-        u_cl = u.transpose(1, 2).contiguous()  # [B, L, D]
-        delta_cl = delta.transpose(1, 2).contiguous()  # [B, L, D]
-        A_g = _channel_major(A.to(dtype), groups)  # [G, N, Dg]
-        B_g = _scan_layout(B.to(dtype), groups)
-        C_g = _scan_layout(C.to(dtype), groups)
-        y_cl, last = _ChunkedScan.apply(u_cl, delta_cl, A_g, B_g, C_g)
-        y = y_cl.transpose(1, 2)  # [B, D, L]
-        out = _skip_and_gate(y, u, D, z, dtype).to(dtype_in)
-        if u_contiguous:  # the output follows u's memory layout
+        out, last = _ChunkedScan.apply(
+            channels_last(u),
+            channels_last(delta),
+            _channel_major(A.to(dtype), groups),  # [G, N, Dg]
+            _scan_layout(B.to(dtype), groups),
+            _scan_layout(C.to(dtype), groups),
+            vector(D),
+            channels_last(z),
+            vector(delta_bias),
+            delta_softplus,
+        )
+        out = out.transpose(1, 2).to(dtype_in)  # [B, D, L]
+        if u.is_contiguous():  # the output follows u's memory layout
             out = out.contiguous()
     if not return_last_state:
         return out
     # [B, G, N, Dg] -> [B, D, N]
-    last = last.transpose(2, 3).reshape(batch, groups * group_size, d_state)
-    return out, last
+    return out, last.transpose(2, 3).reshape(batch, d_inner, d_state)
 
 
 def _shared_groups(B, C):
@@ -501,132 +507,153 @@ def _scan_layout(proj, groups):
 
 
 class _ChunkedScan(torch.autograd.Function):
-    """h_t = exp(Delta_t A) h_{t-1} + Delta_t u_t B_t, y_t = C_t . h_t.
+    """out = (y + D u) SiLU(z) with y the selective scan, on CPU, exactly.
 
-    Inputs are u, delta [B, L, D] (channels last, contiguous), A [G, N, Dg],
-    and B, C either time-major [L, B, G, N] or time-invariant [G, N, Dg];
-    outputs are y [B, L, D] and the last state [B, G, N, Dg].
+    Inputs: u, delta (raw), z [B, L, D] channels-last and contiguous;
+    A [G, N, Dg]; B, C time-major [L, B, G, N] or time-invariant [G, N, Dg];
+    D, delta_bias [D] (D, z and delta_bias may be None). Outputs: out
+    [B, L, D] and the last state [B, G, N, Dg].
 
-    Why this formulation (profiled with torch 2.14 on a 2-core AVX-512 CPU,
-    batch 4, D 512, N 16, L 4000, i.e. 131 M state updates):
+    Why this formulation (profiled with torch 2.14 on a 2-core AVX-512 CPU
+    at batch 4, D 512, N 16, L 4000, i.e. 131 M state updates):
 
     * Every decay is computed directly as exp(Delta_t A), never from
       cumulative sums of Delta: no exp(-A S) overflow, no cancellation in
       S_t - S_tau, and the result equals the sequential loop to round-off.
-    * All work is O(B D L N) and runs as a few large PyTorch kernels whose
-      operands stay in the L2 cache. For a block of k steps (k * B * N * D
-      of about _BLOCK_ELEMENTS) one broadcast multiply and one exp give the
-      k decays, one broadcast multiply the k inputs Delta_t u_t B_t, and one
-      batched matmul ([1, N] x [N, D] per step) the k outputs. These run at
-      0.05-0.12 ns per state element.
+    * All O(B D L N) work runs as a few large PyTorch kernels on blocks of k
+      steps whose operands stay in the L2 cache: one broadcast multiply and
+      one exp give the k decays, one broadcast multiply the k inputs
+      Delta_t u_t B_t, one batched matmul ([1, N] x [N, D] per step) the k
+      outputs. Each is one pass at 0.05-0.12 ns per state element (2
+      threads), against ~1.5 ns per element and step for the reference
+      loop, whose seven small kernels per step allocate fresh tensors.
     * The only sequential part is one in-place ``addcmul_`` per time step
-      on the [B, N, D] slab (about 0.2-0.35 ns per element), instead of the
-      reference loop's eight small kernels with fresh allocations.
+      on the [B, N, D] slab.
     * The state layout [.., N, D] keeps D contiguous, so the read-out
       sum_n C_n h_n is a matmul over N with a long contiguous inner dimension
       (5x faster than contracting a contiguous N = 16).
+    * Delta's bias and softplus, the D skip and the gate run on each block
+      of [k, B, D] values: no [B, L, D] temporaries (at this size each fresh
+      [B, L, D] tensor costs as much as a pass over the states, in page
+      faults).
     * The two-level scheme of MODELS.md 3.6 (local scans of all chunks at
-      once, then a correction by exp(A S_t) h_start) was also measured; it
-      only helps when the slab is too small for two threads, and its
-      correction costs four more passes over B D L N elements (mul, exp,
-      mul, matmul), which is about what it saves.
+      once, then a correction by exp(A S_t) h_start) was measured too: it
+      only helps when a [B, N, D] slab is too small for two threads, and its
+      correction costs four more passes over the B D L N elements (mul, exp,
+      mul, matmul), about what it saves.
     * The backward is a reverse scan derived by hand (below). Autograd
-      through the blocked forward would save every k-step block and
-      replay ~L small kernels; instead the forward keeps one state every
-      _CHECKPOINT_STEPS steps, and the backward recomputes the states of
-      one chunk at a time (memory 1/_CHECKPOINT_STEPS of the full states).
+      through the blocked forward would keep every block alive and replay
+      ~L small kernels; instead the forward keeps one state every
+      _CHECKPOINT_STEPS steps (1/_CHECKPOINT_STEPS of the states), and the
+      backward recomputes the states and decays of one chunk at a time.
 
-    Backward (G_t = dLoss/dh_t, M_t = dLoss/d(Delta_t A), x_t = Delta_t u_t):
+    Backward (G_t = dLoss/dh_t, M_t = dLoss/d(Delta_t A), x_t = Delta_t u_t,
+    dy_t = dout_t SiLU(z_t)):
         G_t = C_t dy_t + exp(Delta_{t+1} A) G_{t+1}    (reverse scan)
         M_t = G_t exp(Delta_t A) h_{t-1}
         dC_t = sum_d dy_t h_t        dx_t = sum_n B_t G_t
         dB_t = sum_d x_t G_t         dDelta_t = sum_n A M_t + dx_t u_t
-        dA = sum_{b,t} Delta_t M_t   du_t = dx_t Delta_t
+        dA = sum_{b,t} Delta_t M_t   du_t = dx_t Delta_t + D dy_t
+        dz_t = dout_t (y_t + D u_t) SiLU'(z_t),  dD = sum_{b,t} dy_t u_t
+    and dDelta goes through the softplus (times sigmoid) to delta and its
+    bias.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C):
-        plan = _ScanPlan(u, A)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        plan = _ScanPlan(u, A, delta_softplus)
         needs_grad = any(ctx.needs_input_grad)
         checkpoints = plan.new_checkpoints() if needs_grad else None
-        y = torch.empty_like(u)
+        out = torch.empty_like(u)
         last = u.new_empty(plan.batch, plan.groups, plan.d_state, plan.group_size)
         for b0, b1 in plan.batch_groups():
+            seq = plan.sequences(b0, b1, u=u, delta=delta, z=z, B=B, C=C, out=out)
             last[b0:b1] = plan.forward_group(
-                u[b0:b1],
-                delta[b0:b1],
+                seq,
                 A,
-                _batch_slice(B, b0, b1),
-                _batch_slice(C, b0, b1),
-                y[b0:b1],
+                D,
+                delta_bias,
                 None if checkpoints is None else checkpoints[:, b0:b1],
             )
         ctx.set_materialize_grads(False)
+        ctx.delta_softplus = delta_softplus
         if needs_grad:
-            ctx.save_for_backward(u, delta, A, B, C, checkpoints)
-        return y, last
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
+        return out, last
 
     @staticmethod
-    def backward(ctx, dy, dlast):
-        u, delta, A, B, C, checkpoints = ctx.saved_tensors
-        plan = _ScanPlan(u, A)
-        dy = torch.zeros_like(u) if dy is None else dy.contiguous()
-        grads = _new_grads(u, A, B, C)
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        plan = _ScanPlan(u, A, ctx.delta_softplus)
+        dout = torch.zeros_like(u) if dout is None else dout.contiguous()
+
+        def like(t, fill=False):
+            if t is None:
+                return None
+            return torch.zeros_like(t) if fill else torch.empty_like(t)
+
+        grads = types.SimpleNamespace(
+            du=like(u),
+            ddelta=like(delta),
+            dz=like(z),
+            dA=like(A, fill=True),
+            dB=like(B, fill=True),
+            dC=like(C, fill=True),
+            dD=like(D, fill=True),
+            ddelta_bias=like(delta_bias, fill=True),
+        )
         with _no_autocast(u.device.type):
             for b0, b1 in plan.batch_groups():
+                seq = plan.sequences(
+                    b0,
+                    b1,
+                    u=u,
+                    delta=delta,
+                    z=z,
+                    B=B,
+                    C=C,
+                    dout=dout,
+                    du=grads.du,
+                    ddelta=grads.ddelta,
+                    dz=grads.dz,
+                    dB=grads.dB,
+                    dC=grads.dC,
+                )
                 plan.backward_group(
-                    u[b0:b1],
-                    delta[b0:b1],
+                    seq,
                     A,
-                    _batch_slice(B, b0, b1),
-                    _batch_slice(C, b0, b1),
-                    dy[b0:b1],
+                    D,
+                    delta_bias,
                     None if dlast is None else dlast[b0:b1],
                     checkpoints[:, b0:b1],
-                    _slice_grads(grads, b0, b1),
+                    grads,
                 )
-        return grads.du, grads.ddelta, grads.dA, grads.dB, grads.dC
-
-
-def _batch_slice(proj, b0, b1):
-    """Rows b0:b1 of a time-major [L, B, G, N] projection; invariant as is."""
-    return proj if proj.dim() == 3 else proj[:, b0:b1]
-
-
-def _new_grads(u, A, B, C):
-    """Gradient buffers of ``_ChunkedScan``; invariant B/C accumulate."""
-    return types.SimpleNamespace(
-        du=torch.empty_like(u),
-        ddelta=torch.empty_like(u),
-        dA=torch.zeros_like(A),
-        dB=torch.zeros_like(B),
-        dC=torch.zeros_like(C),
-    )
-
-
-def _slice_grads(grads, b0, b1):
-    """Views of the gradient buffers for batch rows b0:b1."""
-    return types.SimpleNamespace(
-        du=grads.du[b0:b1],
-        ddelta=grads.ddelta[b0:b1],
-        dA=grads.dA,
-        dB=_batch_slice(grads.dB, b0, b1),
-        dC=_batch_slice(grads.dC, b0, b1),
-    )
+        return (
+            grads.du,
+            grads.ddelta,
+            grads.dA,
+            grads.dB,
+            grads.dC,
+            grads.dD,
+            grads.dz,
+            grads.ddelta_bias,
+            None,
+        )
 
 
 class _ScanPlan:
     """Sizes and blocking of one scan, and the per-batch-group kernels.
 
     State slabs are [Bg, G, N, Dg] (one time step of a batch group); blocks
-    of k steps are [k, Bg, G, N, Dg], contiguous. Sequences are read through
-    time-major views made once per group ([L, Bg, G, 1, Dg] for Delta and
-    x = Delta u), so that a block costs a handful of kernel calls.
+    of k steps are [k, Bg, G, N, Dg], contiguous. Sequences are read and
+    written through time-major [L, Bg, D] views made once per group, so
+    that a block costs a handful of kernel calls.
     """
 
-    def __init__(self, u, A):
+    def __init__(self, u, A, delta_softplus):
         self.batch, self.length, self.d_inner = u.shape
         self.groups, self.d_state, self.group_size = A.shape
+        self.delta_softplus = delta_softplus
         per_item = self.d_state * self.d_inner
         self.batch_group = max(1, min(self.batch, _SLAB_ELEMENTS // per_item))
         slab = self.batch_group * per_item
@@ -642,6 +669,26 @@ class _ScanPlan:
         for b0 in range(0, self.batch, self.batch_group):
             yield b0, min(b0 + self.batch_group, self.batch)
 
+    def sequences(self, b0, b1, **tensors):
+        """Time-major views of batch rows b0:b1.
+
+        [B, L, D] tensors become [L, Bg, D]; B and C (time-major already)
+        are sliced, with B given a trailing axis to broadcast over Dg.
+        """
+        seq = types.SimpleNamespace()
+        for name, tensor in tensors.items():
+            projection = name in ("B", "C", "dB", "dC")
+            if tensor is None or (projection and tensor.dim() == 3):
+                view = tensor  # absent, or time-invariant [G, N, Dg]
+            elif projection:
+                view = tensor[:, b0:b1]  # [L, Bg, G, N]
+            else:
+                view = tensor[b0:b1].transpose(0, 1)  # [L, Bg, D]
+            setattr(seq, name, view)
+        if seq.B.dim() == 4:
+            seq.B = seq.B.unsqueeze(-1)  # [L, Bg, G, N, 1]
+        return seq
+
     def new_checkpoints(self):
         """States h_{c T - 1} before each chunk c, [n_chunks, B, G, N, Dg]."""
         return torch.empty(
@@ -654,12 +701,17 @@ class _ScanPlan:
             device=self.device,
         )
 
-    def _buffer(self, steps, batch):
-        """A reusable [steps, Bg, G, N, Dg] buffer and its step views.
+    def _buffer(self, steps, batch, state=True):
+        """A reusable buffer of ``steps`` states (and its step views) or,
+        with ``state=False``, of ``steps`` [Bg, D] frames.
 
-        The views are made once: indexing the buffer at every time step
+        The step views are made once: indexing the buffer at every time step
         would add dispatcher calls to each step of the scan.
         """
+        if not state:
+            return torch.empty(
+                steps, batch, self.d_inner, dtype=self.dtype, device=self.device
+            )
         data = torch.empty(
             steps,
             batch,
@@ -671,18 +723,24 @@ class _ScanPlan:
         )
         return data, data.unbind(0)
 
-    def _time_major(self, seq):
-        """[Bg, L, D] -> [L, Bg, G, 1, Dg], a view."""
-        return (
-            seq.transpose(0, 1)
-            .unflatten(-1, (self.groups, self.group_size))
-            .unsqueeze(-2)
-        )
-
     def _blocks(self, start, stop):
         """(t0, t1) blocks of at most k steps covering start:stop."""
         for t0 in range(start, stop, self.block_steps):
             yield t0, min(t0 + self.block_steps, stop)
+
+    def _split(self, frames):
+        """[k, Bg, D] (contiguous) -> [k, Bg, G, 1, Dg], a view."""
+        return frames.view(*frames.shape[:2], self.groups, 1, self.group_size)
+
+    # -- the building blocks, one block of k steps at a time -----------
+    def _step_sizes(self, raw, delta_bias, out):
+        """out [k, Bg, D] = Delta_t = softplus(raw + delta_bias), each optional."""
+        if delta_bias is None:
+            out.copy_(raw)
+        else:
+            torch.add(raw, delta_bias, out=out)
+        if self.delta_softplus:
+            out.copy_(F.softplus(out))
 
     @staticmethod
     def _scan(state_steps, decay_steps, prev):
@@ -694,18 +752,18 @@ class _ScanPlan:
     def _states(self, delta, x, A, B, decays, states, prev):
         """Steps of eq. (2a) for one block, from prev = h_{t0-1}.
 
-        delta and x are [k, Bg, G, 1, Dg]; B is [k, Bg, G, N, 1] or
+        delta and x (= Delta_t u_t) are [k, Bg, D]; B is [k, Bg, G, N, 1] or
         time-invariant [G, N, Dg]. ``decays`` and ``states`` are (data,
         step views) pairs of exactly k steps; on return they hold
         exp(Delta_t A) (eq. 4) and h_t.
         """
-        torch.mul(delta, A, out=decays[0])
+        torch.mul(self._split(delta), A, out=decays[0])
         decays[0].exp_()
-        torch.mul(x, B, out=states[0])  # the input Delta_t u_t B_t
+        torch.mul(self._split(x), B, out=states[0])  # the input Delta_t u_t B_t
         self._scan(states[1], decays[1], prev)
 
-    def _readout(self, states, C, out):
-        """out [k, Bg, D] = sum_n C_t h_t (eq. 2b) for one block."""
+    def _readout(self, states, C):
+        """y [k, Bg, D] = sum_n C_t h_t (eq. 2b) for one block."""
         steps, batch = states.shape[:2]
         if C.dim() == 3:  # time-invariant [G, N, Dg]
             y = (states * C).sum(-2)  # [k, Bg, G, Dg]
@@ -714,59 +772,60 @@ class _ScanPlan:
                 C.reshape(-1, 1, self.d_state),
                 states.view(-1, self.d_state, self.group_size),
             )  # [k Bg G, 1, Dg]
-        out.copy_(y.view(steps, batch, self.d_inner))
+        return y.view(steps, batch, self.d_inner)
+
+    @staticmethod
+    def _skip(y, u, D):
+        """y + D u (the D skip of eq. 2b's output), D optional."""
+        return y if D is None else torch.addcmul(y, u, D)
 
     # -- forward --------------------------------------------------------
-    def forward_group(self, u, delta, A, B, C, y, checkpoints):
-        """Scan batch rows u [Bg, L, D]; write y [Bg, L, D]; return h_{L-1}."""
-        batch = u.shape[0]
-        delta_steps = self._time_major(delta)
-        x_steps = self._time_major(delta * u)  # Delta_t u_t
-        if B.dim() == 4:
-            B = B.unsqueeze(-1)  # [L, Bg, G, N, 1]
-        y_steps = y.transpose(0, 1)  # [L, Bg, D]
+    def forward_group(self, seq, A, D, delta_bias, checkpoints):
+        """Scan one batch group (``sequences`` views); write seq.out."""
+        batch = seq.u.shape[1]
         k = self.block_steps
         decays, states = self._buffer(k, batch), self._buffer(k, batch)
+        delta = self._buffer(k, batch, state=False)
+        x = self._buffer(k, batch, state=False)
         state = torch.zeros_like(states[1][0])  # [Bg, G, N, Dg]
         for t0, t1 in self._blocks(0, self.length):
             n = t1 - t0
             if checkpoints is not None and t0 % self.chunk_steps == 0:
                 checkpoints[t0 // self.chunk_steps] = state
+            u = seq.u[t0:t1]
+            self._step_sizes(seq.delta[t0:t1], delta_bias, delta[:n])
+            torch.mul(delta[:n], u, out=x[:n])
             self._states(
-                delta_steps[t0:t1],
-                x_steps[t0:t1],
+                delta[:n],
+                x[:n],
                 A,
-                B if B.dim() == 3 else B[t0:t1],
+                seq.B if seq.B.dim() == 3 else seq.B[t0:t1],
                 (decays[0][:n], decays[1][:n]),
                 (states[0][:n], states[1][:n]),
                 state,
             )
-            C_block = C if C.dim() == 3 else C[t0:t1]
-            self._readout(states[0][:n], C_block, y_steps[t0:t1])
+            C = seq.C if seq.C.dim() == 3 else seq.C[t0:t1]
+            out = self._skip(self._readout(states[0][:n], C), u, D)
+            if seq.z is not None:
+                out = out * F.silu(seq.z[t0:t1])
+            seq.out[t0:t1] = out
             state.copy_(states[1][n - 1])
         return state
 
     # -- backward -------------------------------------------------------
-    def backward_group(self, u, delta, A, B, C, dy, dlast, checkpoints, grads):
-        """Reverse scan over the batch rows u [Bg, L, D]; fill ``grads``.
+    def backward_group(self, seq, A, D, delta_bias, dlast, checkpoints, grads):
+        """Reverse scan over one batch group; fill ``grads``.
 
-        Chunk by chunk from the end: recompute the chunk's states and decays
-        from its checkpoint, then run the adjoint recurrence backwards over
-        its blocks (see ``_ChunkedScan``).
+        Chunk by chunk from the end: recompute the chunk's step sizes,
+        states and decays from its checkpoint, then run the adjoint
+        recurrence backwards over its blocks (see ``_ChunkedScan``).
         """
-        batch = u.shape[0]
-        seq = types.SimpleNamespace(
-            delta=self._time_major(delta),
-            x=self._time_major(delta * u),
-            dy=self._time_major(dy),
-            B=B if B.dim() == 3 else B.unsqueeze(-1),  # [L, Bg, G, N, 1]
-            C=C,
-        )
-        dx = torch.empty_like(u)  # dLoss/d(Delta_t u_t), [Bg, L, D]
-        dx_steps = dx.transpose(0, 1)  # [L, Bg, D]
+        batch = seq.u.shape[1]
         T = self.chunk_steps
         states, state_steps = self._buffer(T + 1, batch)  # h_{c0-1} .. h_{c1-1}
         decays, decay_steps = self._buffer(T, batch)
+        delta = self._buffer(T, batch, state=False)
+        x = self._buffer(T, batch, state=False)
         adjoints = self._buffer(self.block_steps, batch)
         # dLoss/dh_t flowing back from step t+1: exp(Delta_{t+1} A) G_{t+1}
         carry = torch.zeros_like(states[0]) if dlast is None else dlast.clone()
@@ -776,9 +835,11 @@ class _ScanPlan:
             states[0] = checkpoints[c]
             for t0, t1 in self._blocks(c0, c1):
                 j0, j1 = t0 - c0, t1 - c0  # h_t is states[t - c0 + 1]
+                self._step_sizes(seq.delta[t0:t1], delta_bias, delta[j0:j1])
+                torch.mul(delta[j0:j1], seq.u[t0:t1], out=x[j0:j1])
                 self._states(
-                    seq.delta[t0:t1],
-                    seq.x[t0:t1],
+                    delta[j0:j1],
+                    x[j0:j1],
                     A,
                     seq.B if seq.B.dim() == 3 else seq.B[t0:t1],
                     (decays[j0:j1], decay_steps[j0:j1]),
@@ -790,64 +851,85 @@ class _ScanPlan:
                 self._block_grads(
                     seq,
                     A,
+                    D,
+                    delta_bias,
                     t0,
                     t1,
+                    delta[j0:j1],
+                    x[j0:j1],
                     (decays[j0:j1], decay_steps[j0:j1]),
                     states[j0 + 1 : j1 + 1],
                     states[j0:j1],
                     adjoints,
                     carry,
-                    dx_steps,
                     grads,
                 )
-        torch.mul(dx, delta, out=grads.du)
-        grads.ddelta.addcmul_(dx, u)
 
     def _block_grads(
-        self, seq, A, t0, t1, decays, states, previous, adjoints, carry,
-        dx_steps, grads,
+        self, seq, A, D, delta_bias, t0, t1, delta, x, decays, states,
+        previous, adjoints, carry, grads,
     ):
         """Gradients of steps t0:t1 of one batch group; update ``carry``.
 
+        ``delta`` and ``x`` are Delta_t and Delta_t u_t [k, Bg, D];
         ``decays`` holds exp(Delta_t A) (data, step views) and is consumed;
         ``states`` and ``previous`` are h_t and h_{t-1} [k, Bg, G, N, Dg].
         """
         n = t1 - t0
-        N, Dg, k_batch = self.d_state, self.group_size, states.shape[:2]
+        N, Dg = self.d_state, self.group_size
         decays, decay_steps = decays
         adjoints, adjoint_steps = adjoints[0][:n], adjoints[1][:n]
-        dy, x, delta = seq.dy[t0:t1], seq.x[t0:t1], seq.delta[t0:t1]
-        # G_t = C_t dy_t + exp(Delta_{t+1} A) G_{t+1}: a reverse scan
+        u, dout = seq.u[t0:t1], seq.dout[t0:t1]
         C = seq.C if seq.C.dim() == 3 else seq.C[t0:t1]  # [k, Bg, G, N]
-        torch.mul(C if C.dim() == 3 else C.unsqueeze(-1), dy, out=adjoints)
+        # through the gate: out = (y + D u) SiLU(z)
+        if seq.z is None:
+            dy = dout.contiguous()
+        else:
+            z = seq.z[t0:t1]
+            gate = torch.sigmoid(z)
+            dy = (dout * z * gate).contiguous()  # dout SiLU(z)
+            pre_gate = self._skip(self._readout(states, C), u, D)
+            seq.dz[t0:t1] = dout * pre_gate * gate * (1 + z * (1 - gate))
+        if D is not None:
+            grads.dD.add_((dy * u).sum((0, 1)))
+        dy_steps = self._split(dy)  # [k, Bg, G, 1, Dg]
+        # G_t = C_t dy_t + exp(Delta_{t+1} A) G_{t+1}: a reverse scan
+        torch.mul(C if C.dim() == 3 else C.unsqueeze(-1), dy_steps, out=adjoints)
         adjoint_steps[-1].add_(carry)
         self._scan(adjoint_steps[-2::-1], decay_steps[:0:-1], adjoint_steps[-1])
         # dC_t = sum_d dy_t h_t
         if C.dim() == 3:
-            grads.dC.add_((states * dy).sum((0, 1)))
+            grads.dC.add_((states * dy_steps).sum((0, 1)))
         else:
-            grads.dC[t0:t1] = torch.bmm(
-                states.view(-1, N, Dg), dy.reshape(-1, Dg, 1)
+            seq.dC[t0:t1] = torch.bmm(
+                states.view(-1, N, Dg), dy.view(-1, Dg, 1)
             ).view(C.shape)
         # dx_t = sum_n B_t G_t and dB_t = sum_d x_t G_t
         if seq.B.dim() == 3:
             dx = (adjoints * seq.B).sum(-2)  # [k, Bg, G, Dg]
-            grads.dB.add_((adjoints * x).sum((0, 1)))
+            grads.dB.add_((adjoints * self._split(x)).sum((0, 1)))
         else:
             B = seq.B[t0:t1]  # [k, Bg, G, N, 1]
             dx = torch.bmm(B.reshape(-1, 1, N), adjoints.view(-1, N, Dg))
-            grads.dB[t0:t1] = torch.bmm(
-                adjoints.view(-1, N, Dg), x.reshape(-1, Dg, 1)
+            seq.dB[t0:t1] = torch.bmm(
+                adjoints.view(-1, N, Dg), x.view(-1, Dg, 1)
             ).view(B.shape[:-1])
-        dx_steps[t0:t1] = dx.view(*k_batch, self.d_inner)
+        dx = dx.view(delta.shape)  # [k, Bg, D]
+        du = dx * delta
+        seq.du[t0:t1] = du if D is None else du.addcmul_(dy, D)
         # M_t = G_t exp(Delta_t A) h_{t-1}; the carry is its first two factors
         moments = decays.mul_(adjoints)
         carry.copy_(moments[0])
         moments.mul_(previous)
-        # dDelta_t = sum_n A M_t ; dA = sum_{b,t} Delta_t M_t
+        # dDelta_t = sum_n A M_t + dx_t u_t ; dA = sum_{b,t} Delta_t M_t
         torch.mul(moments, A, out=adjoints)
-        grads.ddelta.transpose(0, 1)[t0:t1] = adjoints.sum(-2).view(
-            *k_batch, self.d_inner
-        )
-        torch.mul(moments, delta, out=adjoints)
+        ddelta = adjoints.sum(-2).view(delta.shape).addcmul_(dx, u)
+        torch.mul(moments, self._split(delta), out=adjoints)
         grads.dA.add_(adjoints.sum((0, 1)))
+        # through Delta = softplus(delta + delta_bias): times sigmoid
+        if self.delta_softplus:
+            raw = seq.delta[t0:t1]
+            ddelta.mul_(torch.sigmoid(raw if delta_bias is None else raw + delta_bias))
+        seq.ddelta[t0:t1] = ddelta
+        if delta_bias is not None:
+            grads.ddelta_bias.add_(ddelta.sum((0, 1)))

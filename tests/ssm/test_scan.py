@@ -170,7 +170,7 @@ def test_selective_scan_blocking_does_not_change_result(monkeypatch, slab, block
     monkeypatch.setattr(scan, "_SLAB_ELEMENTS", slab)
     monkeypatch.setattr(scan, "_BLOCK_ELEMENTS", block)
     monkeypatch.setattr(scan, "_CHECKPOINT_STEPS", 8)
-    plan = scan._ScanPlan(torch.zeros(3, 77, 8), torch.zeros(2, 4, 4))
+    plan = scan._ScanPlan(torch.zeros(3, 77, 8), torch.zeros(2, 4, 4), True)
     assert plan.chunk_steps == 8 and 8 % plan.block_steps == 0
     out, last, grads = outputs_and_grads("torch", inputs)
     assert_close_to_peak(out, expected[0], 1e-13, "out")
