@@ -266,8 +266,12 @@ def duration_seconds(path) -> float:
     >>> duration_seconds(path)
     1.5
     """
-    frames, rate = audio_info(path)
-    return round(frames / rate, 6)
+    return _seconds(*audio_info(path))
+
+
+def _seconds(num_samples: int, sample_rate: int) -> float:
+    """Samples -> seconds, rounded to the microsecond for readable CSVs."""
+    return round(num_samples / sample_rate, 6)
 
 
 def checked_row(item_id: str, paths: dict, layout: str) -> dict:
@@ -310,14 +314,14 @@ def checked_row(item_id: str, paths: dict, layout: str) -> dict:
     for column in columns:
         path = Path(paths[column]).absolute()
         if not path.is_file():
+            needed_by = "" if path == mix_path else f" (needed by {mix_path})"
             raise FileNotFoundError(
-                f"{path} is missing: the mixture {mix_path} needs its "
-                f"{column.removesuffix('_wav')} file there (layout {layout})"
+                f"{path} is missing{needed_by}; expected the layout {layout}"
             )
         frames, rate = audio_info(path)
         if num_samples is None:
             num_samples = frames
-            row["duration"] = round(frames / rate, 6)
+            row["duration"] = _seconds(frames, rate)
         elif frames != num_samples:
             raise ValueError(
                 f"{path} has {frames} samples but its mixture {mix_path} has "

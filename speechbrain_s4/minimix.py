@@ -86,6 +86,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 import time
 import wave
 import zlib
@@ -546,11 +547,28 @@ def mix_pair(
     return signals, record
 
 
-def _write_pcm16(path: Path, values: np.ndarray, sample_rate: int) -> None:
-    """Write a mono 16-bit WAV.
+def write_pcm16(path, values: np.ndarray, sample_rate: int) -> None:
+    """Write integer 16-bit values as a mono PCM WAV.
 
     The standard library's writer is used because soundfile syncs every file
     to disk on close, which dominated the build time (~15k files).
+
+    Arguments
+    ---------
+    path : str or Path
+        Destination ``.wav``.
+    values : np.ndarray
+        ``[T]`` integers within the 16-bit range.
+    sample_rate : int
+        In Hz.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = tempfile.mktemp(suffix=".wav")
+    >>> write_pcm16(path, np.arange(-4, 4), 8000)
+    >>> sf.read(path, dtype="int16")[0].shape
+    (8,)
     """
     with wave.open(str(path), "wb") as handle:
         handle.setnchannels(1)
@@ -596,17 +614,17 @@ def _build_options(**options) -> dict:
     return options
 
 
-def _build_rate(
-    out_dir, sample_rate, options, overwrite, progress, roots
-) -> Path:
-    """Build (or keep) ``<out_dir>/wav8k|wav16k`` and return its metadata."""
-    final = Path(out_dir).absolute() / RATE_FOLDERS[sample_rate]
+def _is_built(final: Path, options: dict, overwrite: bool) -> bool:
+    """True when ``final`` holds a set built with ``options``.
+
+    A set built with other options raises, or is removed when ``overwrite``;
+    a folder without minimix metadata is never touched.
+    """
     metadata_path = final / METADATA_FILE
     if metadata_path.is_file():
         built = json.loads(metadata_path.read_text())
         if built.get("options") == options:
-            logger.info("%s is up to date", final)
-            return metadata_path
+            return True
         if not overwrite:
             raise FileExistsError(
                 f"{final} holds a minimix set built with other options "
@@ -619,26 +637,29 @@ def _build_rate(
             f"{final} exists but holds no minimix {METADATA_FILE}; remove it "
             "or build into another folder"
         )
-    start_time = time.time()
-    voice_paths = require_voices(sample_rate, *roots)
-    plan = assign_voices(voice_paths, sample_rate)
-    seed = options["seed"]
-    low, high = options["utterance_seconds"]
+    return False
 
-    # 1-2. Phrases of every voice; utterances of the target voices.
-    phrases, utterances = {}, {split: [] for split in SPLITS}
-    splits_of = {
+
+def _load_voices(voice_paths, plan, sample_rate, options, progress) -> tuple:
+    """Steps 1-2: phrases of every voice, utterances of the target voices.
+
+    Returns ``(phrases, utterances, role_of)``: ``{voice: phrases}``,
+    ``{split: [utterance dicts]}`` and ``{voice: (role, split)}``.
+    """
+    low, high = options["utterance_seconds"]
+    role_of = {
         voice: (role, split)
         for role in ("targets", "babble")
         for split in SPLITS
         for voice in plan[role][split]
     }
+    phrases, utterances = {}, {split: [] for split in SPLITS}
     for voice in tqdm(
-        sorted(splits_of),
+        sorted(role_of),
         desc=f"minimix {sample_rate} Hz voices",
         disable=not progress,
     ):
-        rng = _rng(seed, sample_rate, "voice", voice)
+        rng = _rng(options["seed"], sample_rate, "voice", voice)
         phrases[voice] = load_phrases(
             voice_paths[voice],
             sample_rate,
@@ -647,35 +668,113 @@ def _build_rate(
             low,
             options["prompts_per_voice"],
         )
-        role, split = splits_of[voice]
-        if role == "targets":
-            packed = pack_utterances(
-                phrases[voice],
-                sample_rate,
-                rng,
-                options["utterance_seconds"],
-                options["pause_seconds"],
+        role, split = role_of[voice]
+        if role == "babble":
+            if not phrases[voice]:
+                raise ValueError(f"babble voice {voice} has no usable phrase")
+            continue
+        packed = pack_utterances(
+            phrases[voice],
+            sample_rate,
+            rng,
+            options["utterance_seconds"],
+            options["pause_seconds"],
+        )
+        for number, (audio, prompts) in enumerate(packed):
+            utterances[split].append(
+                {
+                    "ID": f"{voice}-{number:04d}",
+                    "voice": voice,
+                    "audio": audio,
+                    "prompts": prompts,
+                }
             )
-            for number, (audio, prompts) in enumerate(packed):
-                utterances[split].append(
-                    {
-                        "ID": f"{voice}-{number:04d}",
-                        "voice": voice,
-                        "audio": audio,
-                        "prompts": prompts,
-                    }
-                )
-        elif not phrases[voice]:
-            raise ValueError(f"babble voice {voice} has no usable phrase")
+    for split in SPLITS:
+        voices = {utt["voice"] for utt in utterances[split]}
+        if len(voices) < 2:
+            raise ValueError(
+                f"the {split} split has usable utterances of {len(voices)} "
+                "voice(s); two different voices are needed per mixture "
+                "(raise prompts_per_voice?)"
+            )
+    return phrases, utterances, role_of
 
-    staging = final.parent / f".{final.name}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)  # a build interrupted earlier
+
+def _write_split(
+    folder, split, utterances, babble_phrases, sample_rate, options, progress
+) -> list:
+    """Steps 3-5 for one split: write its sources and mixtures.
+
+    Returns the mixture records of the metadata.
+    """
+    for utt in utterances:
+        voice_folder = folder / "sources" / split / utt["voice"]
+        voice_folder.mkdir(parents=True, exist_ok=True)
+        write_pcm16(
+            voice_folder / f"{utt['ID']}.wav",
+            _quantise(utt["audio"]),
+            sample_rate,
+        )
+    for signal in SIGNALS:
+        (folder / split / signal).mkdir(parents=True)
+    rng = _rng(options["seed"], sample_rate, "mix", split)
+    records = []
+    for index in tqdm(
+        range(options["sizes"][split]),
+        desc=f"minimix {sample_rate} Hz {split}",
+        disable=not progress,
+    ):
+        first = utterances[int(rng.integers(len(utterances)))]
+        second = first
+        while second["voice"] == first["voice"]:
+            second = utterances[int(rng.integers(len(utterances)))]
+        signals, record = mix_pair(
+            first["audio"],
+            second["audio"],
+            babble_phrases,
+            sample_rate,
+            rng,
+            options,
+        )
+        mixture_id = f"{index:05d}_{first['ID']}_{second['ID']}"
+        for signal in SIGNALS:
+            write_pcm16(
+                folder / split / signal / f"{mixture_id}.wav",
+                signals[signal],
+                sample_rate,
+            )
+        records.append(
+            {
+                "ID": mixture_id,
+                "s1": first["ID"],
+                "s2": second["ID"],
+                "s1_voice": first["voice"],
+                "s2_voice": second["voice"],
+                **record,
+            }
+        )
+    return records
+
+
+def _build_rate(
+    out_dir, sample_rate, options, overwrite, progress, roots
+) -> Path:
+    """Build (or keep) ``<out_dir>/wav8k|wav16k`` and return its metadata."""
+    final = Path(out_dir).absolute() / RATE_FOLDERS[sample_rate]
+    if _is_built(final, options, overwrite):
+        logger.info("%s is up to date", final)
+        return final / METADATA_FILE
+    start_time = time.time()
+    voice_paths = require_voices(sample_rate, *roots)
+    plan = assign_voices(voice_paths, sample_rate)
+    phrases, utterances, role_of = _load_voices(
+        voice_paths, plan, sample_rate, options, progress
+    )
     metadata = {
         "dataset": "minimix",
         "format_version": FORMAT_VERSION,
         "sample_rate": sample_rate,
-        "seed": seed,
+        "seed": options["seed"],
         "options": options,
         "subtype": "PCM_16",
         "packages": [
@@ -686,110 +785,74 @@ def _build_rate(
         "voice_info": {
             voice: dict(
                 describe_voice(voice),
-                split=splits_of[voice][1],
-                role="target" if splits_of[voice][0] == "targets" else "babble",
+                split=split,
+                role="target" if role == "targets" else "babble",
                 files=len(voice_paths[voice]),
                 phrase_seconds=round(
                     sum(len(p) for p, _ in phrases[voice]) / sample_rate, 2
                 ),
             )
-            for voice in sorted(splits_of)
+            for voice, (role, split) in sorted(role_of.items())
         },
         "counts": {},
         "utterances": {},
         "mixtures": {},
     }
-    for split in SPLITS:
-        voices = {utt["voice"] for utt in utterances[split]}
-        if len(voices) < 2:
-            raise ValueError(
-                f"the {split} split has usable utterances of {len(voices)} "
-                "voice(s); two different voices are needed per mixture "
-                "(raise prompts_per_voice?)"
-            )
-        # Sources for dynamic mixing.
-        for utt in utterances[split]:
-            folder = staging / "sources" / split / utt["voice"]
-            folder.mkdir(parents=True, exist_ok=True)
-            _write_pcm16(
-                folder / f"{utt['ID']}.wav",
-                _quantise(utt["audio"]),
+    # A private staging folder, renamed into place once complete: readers
+    # never see half a set, and concurrent builds do not mix their files.
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent)
+    )
+    staging.chmod(0o755)  # mkdtemp's 0o700 would hide the set from others
+    try:
+        for split in SPLITS:
+            pool = utterances[split]
+            records = _write_split(
+                staging,
+                split,
+                pool,
+                {voice: phrases[voice] for voice in plan["babble"][split]},
                 sample_rate,
-            )
-        # 3-5. Mixtures.
-        for signal in SIGNALS:
-            (staging / split / signal).mkdir(parents=True)
-        rng = _rng(seed, sample_rate, "mix", split)
-        babble_phrases = {
-            voice: phrases[voice] for voice in plan["babble"][split]
-        }
-        pool = utterances[split]
-        records = []
-        for index in tqdm(
-            range(options["sizes"][split]),
-            desc=f"minimix {sample_rate} Hz {split}",
-            disable=not progress,
-        ):
-            first = pool[int(rng.integers(len(pool)))]
-            second = first
-            while second["voice"] == first["voice"]:
-                second = pool[int(rng.integers(len(pool)))]
-            signals, record = mix_pair(
-                first["audio"],
-                second["audio"],
-                babble_phrases,
-                sample_rate,
-                rng,
                 options,
+                progress,
             )
-            mixture_id = f"{index:05d}_{first['ID']}_{second['ID']}"
-            for signal in SIGNALS:
-                _write_pcm16(
-                    staging / split / signal / f"{mixture_id}.wav",
-                    signals[signal],
-                    sample_rate,
-                )
-            records.append(
+            metadata["mixtures"][split] = records
+            metadata["utterances"][split] = [
                 {
-                    "ID": mixture_id,
-                    "s1": first["ID"],
-                    "s2": second["ID"],
-                    "s1_voice": first["voice"],
-                    "s2_voice": second["voice"],
-                    **record,
+                    "ID": utt["ID"],
+                    "voice": utt["voice"],
+                    "num_samples": len(utt["audio"]),
+                    "prompts": utt["prompts"],
                 }
-            )
-        metadata["mixtures"][split] = records
-        metadata["utterances"][split] = [
-            {
-                "ID": utt["ID"],
-                "voice": utt["voice"],
-                "num_samples": len(utt["audio"]),
-                "prompts": utt["prompts"],
+                for utt in pool
+            ]
+            metadata["counts"][split] = {
+                "mixtures": len(records),
+                "utterances": len(pool),
+                "voices": len({utt["voice"] for utt in pool}),
+                "mixture_seconds": round(
+                    sum(r["num_samples"] for r in records) / sample_rate, 2
+                ),
+                "source_seconds": round(
+                    sum(len(u["audio"]) for u in pool) / sample_rate, 2
+                ),
             }
-            for utt in utterances[split]
-        ]
-        metadata["counts"][split] = {
-            "mixtures": len(records),
-            "utterances": len(pool),
-            "voices": len(voices),
-            "mixture_seconds": round(
-                sum(r["num_samples"] for r in records) / sample_rate, 2
-            ),
-            "source_seconds": round(
-                sum(len(u["audio"]) for u in pool) / sample_rate, 2
-            ),
-        }
-    metadata["build_seconds"] = round(time.time() - start_time, 2)
-    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
-    staging.rename(final)  # the set appears only once complete
+        metadata["build_seconds"] = round(time.time() - start_time, 2)
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+        if _is_built(final, options, overwrite=False):
+            shutil.rmtree(staging)  # an identical build finished first
+        else:
+            staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     logger.info(
         "built %s in %.1f s: %s",
         final,
         metadata["build_seconds"],
         {split: metadata["counts"][split]["mixtures"] for split in SPLITS},
     )
-    return metadata_path
+    return final / METADATA_FILE
 
 
 def build_minimix(
@@ -812,8 +875,10 @@ def build_minimix(
     """Build the minimix set (see the module docstring for the recipe).
 
     A rate whose folder already holds a set built with the same options is
-    kept as it is; the set is built in a staging folder and renamed into
-    place when complete.
+    kept as it is; the set is built in a private staging folder
+    (``.wav8k.partial-*``) renamed into place when complete, so readers
+    never see half a set (a killed build may leave its staging folder
+    behind: delete it).
 
     Arguments
     ---------

@@ -15,8 +15,8 @@ training run sees real separation targets:
 * WSJ0-2mix-style "min" mixtures truncate both utterances to the shorter,
   and each utterance appears in two mixtures with different lengths (for
   the de-duplication of ``train_sources.csv``);
-* durations differ per file (``seconds + 0.125 * k``), so a test can check
-  that durations come from the headers.
+* utterance k lasts ``seconds + 0.125 * k``, so mixture durations vary and
+  a test can check that they come from the headers.
 
 Example
 -------
@@ -27,11 +27,12 @@ Example
 """
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from speechbrain_s4.minimix import write_pcm16
 
 #: Every layout name (the ``recipes/<name>/prepare.py`` modules).
 LAYOUTS = (
@@ -75,13 +76,8 @@ def _reverberate(signal, sample_rate, rng):
 
 
 def _write(path, values, sample_rate):
-    """16-bit mono WAV (the standard library's writer: no fsync per file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(sample_rate)
-        handle.writeframes(values.astype("<i2").tobytes())
+    write_pcm16(path, values, sample_rate)
 
 
 class _Utterances:
