@@ -330,6 +330,7 @@ def _build_s4m(state_dict, conj_symmetric, reference_kwargs):
         decoder_s4=any(k.startswith("sm.unet.dec_s4.") for k in state_dict),
         topdown="faithful",
         conj_symmetric=conj_symmetric,
+        align_frames=False,
     )
     return model, convert_s4m_state_dict(state_dict, conj_symmetric)
 
@@ -493,6 +494,13 @@ def load_strict(
 
 
 def _first(items, n=5):
-    return "[]" if not items else (
-        "[" + ", ".join(items[:n]) + (", ..." if len(items) > n else "") + "]"
+    return (
+        "[]"
+        if not items
+        else (
+            "["
+            + ", ".join(items[:n])
+            + (", ..." if len(items) > n else "")
+            + "]"
+        )
     )

@@ -23,6 +23,7 @@ __all__ = [
     "GlobalLayerNorm",
     "DepthwiseConvNorm",
     "LocalAttention",
+    "depthwise_conv1d",
     "frame_mask",
     "resample_nearest",
     "adaptive_avg_pool",
@@ -154,7 +155,50 @@ class DepthwiseConvNorm(nn.Module):
 
         ``mask`` marks the valid frames of the OUTPUT.
         """
-        return self.norm(self.conv(x), mask)
+        return self.norm(depthwise_conv1d(self.conv, x), mask)
+
+
+def depthwise_conv1d(conv: nn.Conv1d, x):
+    """Run a depthwise ``nn.Conv1d`` on ``x`` [B, C, L], fast on CPU.
+
+    PyTorch's CPU convolution is slow for depthwise filters: a kernel of 1
+    falls back to one small convolution per channel (thousands of calls per
+    S4M forward) and oneDNN's stride-1 depthwise kernel is slower than
+    summing shifted copies. Those two cases are therefore computed as a
+    per-channel scale and as a sum of ``kernel_size`` shifted products; other
+    strides use the library convolution. The results are the same up to
+    float round-off.
+
+    Arguments
+    ---------
+    conv : nn.Conv1d
+        A depthwise convolution (``groups == in_channels == out_channels``)
+        with zero padding.
+    x : torch.Tensor
+        [B, C, L].
+
+    Returns
+    -------
+    torch.Tensor
+        [B, C, L_out].
+
+    Example
+    -------
+    >>> conv = nn.Conv1d(4, 4, 5, padding=2, groups=4)
+    >>> x = torch.randn(2, 4, 9)
+    >>> torch.allclose(depthwise_conv1d(conv, x), conv(x), atol=1e-6)
+    True
+    """
+    (k,), (stride,), (pad,) = conv.kernel_size, conv.stride, conv.padding
+    if stride != 1 or x.device.type != "cpu":
+        return conv(x)
+    weight = conv.weight[:, 0]  # [C, k]
+    length = x.shape[-1] + 2 * pad - k + 1
+    padded = F.pad(x, (pad, pad)) if pad else x
+    out = padded[..., :length] * weight[:, :1]  # [B, C, L_out]
+    for j in range(1, k):
+        out = torch.addcmul(out, padded[..., j : j + length], weight[:, j : j + 1])
+    return out if conv.bias is None else out + conv.bias[:, None]
 
 
 def resample_nearest(x, length: int, lengths_in=None, lengths_out=None):
@@ -189,7 +233,17 @@ def resample_nearest(x, length: int, lengths_in=None, lengths_out=None):
 def _nearest(x, length):
     if x.shape[-1] == length:
         return x
+    if length % x.shape[-1] == 0:  # exact factor: a broadcast copy is faster
+        ratio = length // x.shape[-1]
+        return x.unsqueeze(-1).expand(*x.shape, ratio).flatten(-2)
     return F.interpolate(x, size=length, mode="nearest")
+
+
+def _avg_pool(x, length):
+    if x.shape[-1] % length == 0:  # exact factor: PyTorch's windows tile
+        ratio = x.shape[-1] // length
+        return x.unflatten(-1, (length, ratio)).mean(-1)
+    return F.adaptive_avg_pool1d(x, length)
 
 
 def adaptive_avg_pool(x, length: int, lengths_in=None, lengths_out=None):
@@ -216,7 +270,7 @@ def adaptive_avg_pool(x, length: int, lengths_in=None, lengths_out=None):
     >>> adaptive_avg_pool(torch.arange(4.0).view(1, 1, 4), 2)
     tensor([[[0.5000, 2.5000]]])
     """
-    return _per_item(F.adaptive_avg_pool1d, x, length, lengths_in, lengths_out)
+    return _per_item(_avg_pool, x, length, lengths_in, lengths_out)
 
 
 class LocalAttention(nn.Module):
@@ -261,12 +315,22 @@ class LocalAttention(nn.Module):
         ``lengths_local`` / ``lengths_global`` ([B] valid frames) are given
         for padded batches (both or neither).
         """
-        length = x_local.shape[-1]
+        length, global_length = x_local.shape[-1], x_global.shape[-1]
         mask_l = frame_mask(lengths_local, length)
-        mask_g = frame_mask(lengths_global, x_global.shape[-1])
+        mask_g = frame_mask(lengths_global, global_length)
         gate = torch.sigmoid(self.global_act(x_global, mask_g))  # rho, eq. 9
         shift = self.global_embedding(x_global, mask_g)  # tau, eq. 9
         local = self.local_embedding(x_local, mask_l)
+        if lengths_local is None and length % global_length == 0:
+            # exact up-sampling factor: broadcast instead of materialising
+            # the up-sampled gate and shift (the hot path of S4M)
+            ratio = length // global_length
+            out = torch.addcmul(
+                shift.unsqueeze(-1),
+                local.unflatten(-1, (global_length, ratio)),
+                gate.unsqueeze(-1),
+            )  # [B, C, L_g, ratio]
+            return out.flatten(-2)
         lens = (lengths_global, lengths_local)
         # padded frames stay zero: local is zero there and so is the
         # per-item resampled shift

@@ -59,6 +59,7 @@ from speechbrain_s4.layers import (
     GlobalLayerNorm,
     LocalAttention,
     adaptive_avg_pool,
+    depthwise_conv1d,
     frame_mask,
 )
 from speechbrain_s4.models.masking import MaskingSeparator
@@ -123,12 +124,21 @@ class S4MEncoder(nn.Module):
     reference does) and encoded by Conv1d(1, N, K, stride K // 4, no bias).
     The decoder drops the same leading ``K - stride`` samples.
 
+    With ``frame_multiple`` m > 1, up to m - 1 more strides of zeros are
+    appended so that the number of frames is a multiple of m: with
+    m = 2^(depth - 1) every scale of the mask network is then an exact
+    halving of the previous one, which turns its pooling and nearest
+    up-sampling into reshapes (faster, and the same at every length). The
+    reference does not do this (m = 1 when loading its checkpoints).
+
     Arguments
     ---------
     kernel_size : int
         K, window in samples (multiple of 4).
     num_basis : int
         N, number of filters.
+    frame_multiple : int
+        m, the frame count is padded to a multiple of it.
 
     Example
     -------
@@ -137,10 +147,11 @@ class S4MEncoder(nn.Module):
     torch.Size([2, 17, 1010])
     """
 
-    def __init__(self, kernel_size: int, num_basis: int):
+    def __init__(self, kernel_size: int, num_basis: int, frame_multiple=1):
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = kernel_size // 4
+        self.frame_multiple = frame_multiple
         self.conv = nn.Conv1d(
             1,
             num_basis,
@@ -151,11 +162,18 @@ class S4MEncoder(nn.Module):
         )
         nn.init.xavier_uniform_(self.conv.weight)
 
+    def _end_padding(self, length):
+        """Zeros appended after ``length`` samples (int or tensor)."""
+        K, stride = self.kernel_size, self.stride
+        rest = K - (stride + length % K) % K
+        frames = (length + rest + 2 * (K - stride)) // stride + 1
+        extra = (-frames) % self.frame_multiple
+        return rest + extra * stride + K - stride
+
     def pad(self, mix):
         """Pad [B, T] so that the strided frames cover it exactly."""
         K, stride = self.kernel_size, self.stride
-        rest = K - (stride + mix.shape[-1] % K) % K
-        return F.pad(mix, (K - stride, rest + K - stride))
+        return F.pad(mix, (K - stride, self._end_padding(mix.shape[-1])))
 
     def forward(self, mix):
         """Encode ``mix`` [B, T] into features [B, N, L]."""
@@ -168,8 +186,7 @@ class S4MEncoder(nn.Module):
         later frames only see padding.
         """
         K, stride = self.kernel_size, self.stride
-        rest = K - (stride + sample_lengths % K) % K
-        padded = sample_lengths + rest + 2 * (K - stride)
+        padded = K - stride + sample_lengths + self._end_padding(sample_lengths)
         return padded // stride + 1
 
 
@@ -508,8 +525,9 @@ class S4MMaskNet(nn.Module):
         if mask is not None:
             x0 = x0 * mask
         x = self.block(x0, lengths)
+        scale, act = self.unroll
         for _ in range(self.num_blocks - 1):
-            x = self.block(self.unroll(x0 + x), lengths)
+            x = self.block(act(depthwise_conv1d(scale, x0 + x)), lengths)
         masks = F.relu(self.mask(x).view(B, self.num_spks, N, L))
         return masks.transpose(0, 1)  # [S, B, N, L]
 
@@ -549,6 +567,10 @@ class S4M(MaskingSeparator):
     conj_symmetric : bool
         True (default) computes the exact S4 kernel; False reproduces the
         reference run on CPU without pykeops.
+    align_frames : bool
+        True (default): pad the encoder frames to a multiple of
+        2^(depth - 1) so that every scale is an exact halving (see
+        ``S4MEncoder``); False: the reference's padding, for its checkpoints.
 
     Example
     -------
@@ -570,10 +592,12 @@ class S4M(MaskingSeparator):
         decoder_s4: bool = False,
         topdown: str = "fixed",
         conj_symmetric: bool = True,
+        align_frames: bool = True,
     ):
         kernel_size, _, num_basis = encoder_geometry(kernel_ms, sample_rate)
+        frame_multiple = 2 ** (depth - 1) if align_frames else 1
         super().__init__(
-            encoder=S4MEncoder(kernel_size, num_basis),
+            encoder=S4MEncoder(kernel_size, num_basis, frame_multiple),
             masknet=S4MMaskNet(
                 num_basis,
                 num_spks,
