@@ -112,34 +112,28 @@ class VoiceInfo:
     licence: str
 
 
+#: Language code of the asterisk-core-sounds packages -> their one voice.
+ASTERISK_CORE_VOICES = {
+    "en": "en_US_f_Allison",
+    "fr": "fr_CA_f_June",
+    "it": "it_IT_m_Carlo",
+    "ru": "ru_RU_f_IvrvoiceRU",
+}
+
 #: Every package this module reads, in the order ``apt-get`` is told.
 PACKAGES = (
-    VoicePackage(
-        "asterisk-core-sounds-en-wav", ("en_US_f_Allison",), ".wav", 8000
-    ),
-    VoicePackage(
-        "asterisk-core-sounds-fr-wav", ("fr_CA_f_June",), ".wav", 8000
-    ),
-    VoicePackage(
-        "asterisk-core-sounds-it-wav", ("it_IT_m_Carlo",), ".wav", 8000
-    ),
-    VoicePackage(
-        "asterisk-core-sounds-ru-wav", ("ru_RU_f_IvrvoiceRU",), ".wav", 8000
+    *(
+        VoicePackage(f"asterisk-core-sounds-{code}-wav", (voice,), ".wav", 8000)
+        for code, voice in ASTERISK_CORE_VOICES.items()
     ),
     VoicePackage(
         "asterisk-prompt-it-menardi-wav", ("it_IT_f_Menardi",), ".wav", 8000
     ),
-    VoicePackage(
-        "asterisk-core-sounds-en-g722", ("en_US_f_Allison",), ".g722", 16000
-    ),
-    VoicePackage(
-        "asterisk-core-sounds-fr-g722", ("fr_CA_f_June",), ".g722", 16000
-    ),
-    VoicePackage(
-        "asterisk-core-sounds-it-g722", ("it_IT_m_Carlo",), ".g722", 16000
-    ),
-    VoicePackage(
-        "asterisk-core-sounds-ru-g722", ("ru_RU_f_IvrvoiceRU",), ".g722", 16000
+    *(
+        VoicePackage(
+            f"asterisk-core-sounds-{code}-g722", (voice,), ".g722", 16000
+        )
+        for code, voice in ASTERISK_CORE_VOICES.items()
     ),
     VoicePackage("fillets-ng-data-cs", (), ".ogg", 22050),
 )

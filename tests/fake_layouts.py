@@ -120,120 +120,68 @@ def _librispeech_name(split, index, count):
     return f"{utts[index]}_{utts[(index + 1) % count]}"
 
 
-def _wsj_style(
-    root, sample_rate, num_files, seconds, rng, splits, name_of, signals
-):
-    """Write ``root/wavXk/min/<split>/<folder>/<name>.wav`` for each split.
+def _wsj0mix_signals(s1, s2, noise, rng, sample_rate):
+    return {"mix": s1 + s2, "s1": s1, "s2": s2}
 
-    ``signals(s1, s2, noise)`` returns ``{folder: values}``.
-    """
-    base = root / _RATE_FOLDERS[sample_rate] / "min"
+
+def _wham_signals(s1, s2, noise, rng, sample_rate):
+    """WHAM! folders; Libri2Mix has the same six."""
+    return {
+        "mix_clean": s1 + s2,
+        "mix_single": s1 + noise,
+        "mix_both": s1 + s2 + noise,
+        "s1": s1,
+        "s2": s2,
+        "noise": noise,
+    }
+
+
+def _whamr_signals(s1, s2, noise, rng, sample_rate):
+    r1 = _reverberate(s1, sample_rate, rng)
+    r2 = _reverberate(s2, sample_rate, rng)
+    return {
+        "mix_single_anechoic": s1 + noise,
+        "mix_clean_anechoic": s1 + s2,
+        "mix_both_anechoic": s1 + s2 + noise,
+        "mix_single_reverb": r1 + noise,
+        "mix_clean_reverb": r1 + r2,
+        "mix_both_reverb": r1 + r2 + noise,
+        "s1_anechoic": s1,
+        "s2_anechoic": s2,
+        "s1_reverb": r1,
+        "s2_reverb": r2,
+        "noise": noise,
+    }
+
+
+#: ``<folder>/wavXk/min/<split>/<signal>/<name>.wav`` layouts:
+#: name -> (data folder below root, split folders, file namer, signals).
+_WSJ_STYLE = {
+    "wsj0mix": ("wsj0-mix/2speakers", _WSJ_SPLITS, _wsj_name, _wsj0mix_signals),
+    "librimix": (
+        "Libri2Mix",
+        ("train-100", "train-360", "dev", "test"),
+        _librispeech_name,
+        _wham_signals,
+    ),
+    "wham": ("wham_original", _WSJ_SPLITS, _wsj_name, _wham_signals),
+    "whamr": ("whamr", _WSJ_SPLITS, _wsj_name, _whamr_signals),
+}
+
+
+def _wsj_style(name, root, sample_rate, num_files, seconds, rng):
+    """Write a WSJ0-2mix-style layout (see :data:`_WSJ_STYLE`)."""
+    folder_name, splits, name_of, signals = _WSJ_STYLE[name]
+    folder = root / folder_name
+    base = folder / _RATE_FOLDERS[sample_rate] / "min"
     for split in splits:
         utterances = _Utterances(sample_rate, seconds, num_files, rng)
         for index in range(num_files):
             s1, s2 = utterances.pair(index)
             noise = _noise(len(s1), rng)
-            name = name_of(split, index, num_files)
-            for folder, values in signals(s1, s2, noise, rng).items():
-                _write(
-                    base / split / folder / f"{name}.wav", values, sample_rate
-                )
-
-
-def _wsj0mix(root, sample_rate, num_files, seconds, rng):
-    folder = root / "wsj0-mix" / "2speakers"
-    _wsj_style(
-        folder,
-        sample_rate,
-        num_files,
-        seconds,
-        rng,
-        _WSJ_SPLITS,
-        _wsj_name,
-        lambda s1, s2, noise, rng: {"mix": s1 + s2, "s1": s1, "s2": s2},
-    )
-    return folder
-
-
-def _librimix(root, sample_rate, num_files, seconds, rng):
-    folder = root / "Libri2Mix"
-    _wsj_style(
-        folder,
-        sample_rate,
-        num_files,
-        seconds,
-        rng,
-        ("train-100", "train-360", "dev", "test"),
-        _librispeech_name,
-        lambda s1, s2, noise, rng: {
-            "mix_clean": s1 + s2,
-            "mix_both": s1 + s2 + noise,
-            "mix_single": s1 + noise,
-            "s1": s1,
-            "s2": s2,
-            "noise": noise,
-        },
-    )
-    return folder
-
-
-def _wham(root, sample_rate, num_files, seconds, rng):
-    folder = root / "wham_original"
-    _wsj_style(
-        folder,
-        sample_rate,
-        num_files,
-        seconds,
-        rng,
-        _WSJ_SPLITS,
-        _wsj_name,
-        lambda s1, s2, noise, rng: {
-            "mix_clean": s1 + s2,
-            "mix_single": s1 + noise,
-            "mix_both": s1 + s2 + noise,
-            "s1": s1,
-            "s2": s2,
-            "noise": noise,
-        },
-    )
-    return folder
-
-
-def _whamr_signals(sample_rate):
-    def signals(s1, s2, noise, rng):
-        r1, r2 = (
-            _reverberate(s1, sample_rate, rng),
-            _reverberate(s2, sample_rate, rng),
-        )
-        return {
-            "mix_single_anechoic": s1 + noise,
-            "mix_clean_anechoic": s1 + s2,
-            "mix_both_anechoic": s1 + s2 + noise,
-            "mix_single_reverb": r1 + noise,
-            "mix_clean_reverb": r1 + r2,
-            "mix_both_reverb": r1 + r2 + noise,
-            "s1_anechoic": s1,
-            "s2_anechoic": s2,
-            "s1_reverb": r1,
-            "s2_reverb": r2,
-            "noise": noise,
-        }
-
-    return signals
-
-
-def _whamr(root, sample_rate, num_files, seconds, rng):
-    folder = root / "whamr"
-    _wsj_style(
-        folder,
-        sample_rate,
-        num_files,
-        seconds,
-        rng,
-        _WSJ_SPLITS,
-        _wsj_name,
-        _whamr_signals(sample_rate),
-    )
+            file_name = f"{name_of(split, index, num_files)}.wav"
+            for sub, values in signals(s1, s2, noise, rng, sample_rate).items():
+                _write(base / split / sub / file_name, values, sample_rate)
     return folder
 
 
@@ -302,10 +250,10 @@ def _minimix(root, sample_rate, num_files, seconds, rng):
 
 
 _BUILDERS = {
-    "wsj0mix": _wsj0mix,
-    "librimix": _librimix,
-    "wham": _wham,
-    "whamr": _whamr,
+    **{
+        name: lambda *args, name=name: _wsj_style(name, *args)
+        for name in _WSJ_STYLE
+    },
     "lrs2mix": _lrs2mix,
     "echo2mix": _echo2mix,
     "minimix": _minimix,

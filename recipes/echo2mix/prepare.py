@@ -124,11 +124,11 @@ def json_rows(list_folder, data_folder) -> list:
         ]
         for column, name in JSON_LISTS.items()
     }
-    lengths = {len(paths) for paths in lists.values()}
-    if len(lengths) != 1:
+    lengths = {name: len(lists[column]) for column, name in JSON_LISTS.items()}
+    if len(set(lengths.values())) != 1:
+        counts = ", ".join(f"{name}.json: {n}" for name, n in lengths.items())
         raise ValueError(
-            f"the lists in {list_folder} differ in length "
-            f"({', '.join(f'{n}.json: {len(lists[c])}' for c, n in JSON_LISTS.items())}); "
+            f"the lists in {list_folder} differ in length ({counts}); "
             "they must be aligned by index"
         )
     if lists["s1_wav"] and lists["s1_wav"] == lists["s2_wav"]:
