@@ -74,8 +74,9 @@ Output
 
 ``ID`` is ``<index>_<utterance 1>_<utterance 2>``. The set is a pure
 function of the seed, the options and the installed packages. With the
-default sizes (2000/200/300 mixtures, about 3.3 s each) a rate takes about
-0.8 GB (8 kHz) or 1.6 GB (16 kHz) of disk.
+default sizes (2000/200/300 mixtures, about 3.6 s each) a rate takes about
+0.9 GB (8 kHz) or 1.8 GB (16 kHz) of disk and 20 s (8 kHz) or 31 s
+(16 kHz) of CPU time on one core.
 
 Authors
  * speechbrain_s4 contributors
