@@ -248,13 +248,11 @@ def dplr_bilinear(
         / denom[:, None, None]
     )  # [H, N, N]
     # dA = inv (diag(E) - P Q^T); dB = inv 2B
-    inv_P = torch.einsum("hnm,hm->hn", inv, P_full)  # [H, N]
+    inv_P = _matvec(inv, P_full)  # [H, N]
     dA_full = inv * E.unsqueeze(-2) - inv_P.unsqueeze(-1) * Q_full.unsqueeze(
         -2
     )  # [H, N, N]
-    dB_half = 2 * torch.einsum(
-        "hnm,hm->hn", inv[:, :num_modes], _conj_extend(B)
-    )  # [H, M]
+    dB_half = 2 * _matvec(inv[:, :num_modes], _conj_extend(B))  # [H, M]
     # dA_full = [[X, Y], [conj Y, conj X]] in the basis [x; conj x]; change to
     # [Re x; Im x] with T = [[I, iI], [I, -iI]]: T^-1 dA_full T below.
     X = dA_full[:, :num_modes, :num_modes]
@@ -298,11 +296,17 @@ def matrix_power_rows(
     square = matrix
     while power > 0:
         if power & 1:
-            result = torch.einsum("...hn,hnm->...hm", result, square)
+            result = (result.unsqueeze(-2) @ square).squeeze(-2)
         power >>= 1
         if power:
             square = square @ square
     return result
+
+
+def _matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """[..., H, N, K] @ [..., H, K] -> [..., H, N] (a plain matmul: einsum
+    costs far more per call for these small operands)."""
+    return (matrix @ vector.unsqueeze(-1)).squeeze(-1)
 
 
 def _conj_extend(x: torch.Tensor) -> torch.Tensor:
@@ -354,6 +358,66 @@ def _frequency_nodes(
         (2 * torch.sin(half_theta)).to(real_dtype),
         torch.cos(half_theta).to(real_dtype),
     )
+
+
+# Elements of the Cauchy matrix formed at a time (32 MB in complex64). It
+# bounds the transient memory; much smaller chunks measured slower on CPU.
+_CAUCHY_CHUNK_ELEMENTS = 1 << 22
+
+
+def _cauchy_matrix(
+    w: torch.Tensor, two_sin: torch.Tensor, cos: torch.Tensor
+) -> torch.Tensor:
+    """1 / (2i sin(theta_f/2) - cos(theta_f/2) w_hn), [H, N, F]."""
+    return torch.reciprocal(1j * two_sin - cos * w.unsqueeze(-1))
+
+
+class _CauchySum(torch.autograd.Function):
+    """Cauchy sums: sums[a, h, f] = sum_n V[a, h, n] R[h, n, f], where
+    R[h, n, f] = 1 / (2i sin(theta_f/2) - cos(theta_f/2) w[h, n]).
+
+    The [H, N, F] Cauchy matrix is formed a block of channels at a time and
+    recomputed in backward instead of being saved, so the memory kept for
+    autograd is O(H (N + F)) rather than O(H N F) (the transient is one
+    block). Backward (PyTorch's conjugate convention for holomorphic maps):
+    grad_V = sum_f g conj(R), grad_w = sum_a conj(V) sum_f g cos conj(R^2),
+    with R the Cauchy matrix (d R / d w = cos R^2).
+    """
+
+    @staticmethod
+    def forward(ctx, V, w, two_sin, cos):
+        ctx.save_for_backward(V, w, two_sin, cos)
+        sums = V.new_empty(V.shape[0], V.shape[1], two_sin.shape[0])
+        for rows in _channel_chunks(w.shape, two_sin.shape[0]):
+            cauchy = _cauchy_matrix(w[rows], two_sin, cos)  # [h, N, F]
+            sums[:, rows] = torch.einsum("ahn,hnf->ahf", V[:, rows], cauchy)
+        return sums  # [A, H, F]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        V, w, two_sin, cos = ctx.saved_tensors
+        need_V, need_w = ctx.needs_input_grad[:2]
+        grad_V = torch.empty_like(V) if need_V else None
+        grad_w = torch.empty_like(w) if need_w else None
+        for rows in _channel_chunks(w.shape, two_sin.shape[0]):
+            cauchy = _cauchy_matrix(w[rows], two_sin, cos)  # [h, N, F]
+            g = grad[:, rows]  # [A, h, F]
+            if need_V:
+                grad_V[:, rows] = torch.einsum("ahf,hnf->ahn", g, cauchy.conj())
+            if need_w:
+                inner = torch.einsum(
+                    "ahf,hnf->ahn", g * cos, (cauchy * cauchy).conj()
+                )  # [A, h, N]
+                grad_w[rows] = (V[:, rows].conj() * inner).sum(0)
+        return grad_V, grad_w, None, None
+
+
+def _channel_chunks(w_shape: torch.Size, num_freqs: int):
+    """Slices over the H channels of about _CAUCHY_CHUNK_ELEMENTS each."""
+    channels, modes = w_shape
+    step = max(1, _CAUCHY_CHUNK_ELEMENTS // max(1, modes * num_freqs))
+    return [slice(h, h + step) for h in range(0, channels, step)]
 
 
 # ---------------------------------------------------------------------------
@@ -455,8 +519,18 @@ class DPLRKernel(_SSMKernel):
     Woodbury turns the resolvent of Lambda - P P^* into four Cauchy sums
     k_ab = sum_n a_n b_n / (g - Lambda_n):
     K^ = (2/(1+omega)) [k_C~B - k_C~P k_QB / (1 + k_QP)], Q = conj(P).
-    An inverse real FFT gives the taps. The sums here are scaled by
-    (1+omega)/2 so that omega = -1 (the Nyquist node) needs no division by 0.
+    An inverse real FFT gives the taps. Here the sums are taken in half-angle
+    form: with omega = exp(-i theta), 1 - omega = 2i sin(theta/2) e^(-i theta/2)
+    and 1 + omega = 2 cos(theta/2) e^(-i theta/2), so
+    kappa_ab = dt sum_n a_n b_n / (2i sin(theta/2) - cos(theta/2) dt Lambda_n)
+    and K^ = e^(i theta/2) [kappa_C~B - c kappa_C~P kappa_QB / (1 + c
+    kappa_QP)], c = cos(theta/2). This is the same function without the pole of
+    2/(1+omega) at the Nyquist node omega = -1, and the real part of each
+    denominator, -c dt Re(Lambda_n), is formed without cancellation.
+
+    Cost: O(H N L) for the Cauchy sums, whose [H, N, L/2] matrix is formed a
+    block of channels at a time and recomputed in backward (autograd keeps
+    O(H (N + L))), plus O(H N^3 log L) for C~ (dense dA^L by squaring).
 
     **The parameter is the true C.** C~ for the length being computed is a
     local, differentiable tensor; forward never writes to a parameter or
@@ -656,23 +730,24 @@ class DPLRKernel(_SSMKernel):
         phase, two_sin, cos = _frequency_nodes(
             internal, dt_Lambda.dtype, dt_Lambda.device
         )  # [F] each
-        # dt / (2i sin(theta/2) - cos(theta/2) dt Lambda): the real part of
-        # the denominator is exactly -cos(theta/2) dt Re(Lambda), no
-        # cancellation (see the class docstring for the derivation)
-        cauchy = dt[:, None, None] / (
-            1j * two_sin - cos * dt_Lambda.unsqueeze(-1)
-        )  # [H, N or M, F]
-        sums = torch.einsum(
-            "abhn,hnf->abhf", products, cauchy
-        )  # [C+1, 2, H, F]
-        k_CB, k_CP = sums[:-1, 0], sums[:-1, 1]  # [C, H, F]
-        k_QB, k_QP = sums[-1, 0], sums[-1, 1]  # [H, F]
+        # kappa_ab = dt sum_n a_n b_n / (2i sin(theta/2) - cos(theta/2) dt
+        # Lambda_n); the real part of each denominator is exactly
+        # -cos(theta/2) dt Re(Lambda_n), formed without cancellation
+        rows, _, channels, modes = products.shape
+        sums = _CauchySum.apply(
+            (products * dt.unsqueeze(-1)).reshape(2 * rows, channels, modes),
+            dt_Lambda,
+            two_sin,
+            cos,
+        ).view(rows, 2, channels, -1)  # [C+1, 2, H, F]
+        k_CB, k_CP = sums[:-1].unbind(1)  # [C, H, F] each
+        k_QB, k_QP = sums[-1].unbind(0)  # [H, F] each
         # Woodbury rank-1 correction with the bilinear factor folded in
         spectrum = phase * (
             k_CB - cos * k_CP * k_QB / (1 + cos * k_QP)
         )  # [C, H, F]
         taps = torch.fft.irfft(spectrum, n=internal)  # [C, H, internal]
-        return taps[..., :length]  # [C, H, L]
+        return taps if internal == length else taps[..., :length]  # [C, H, L]
 
     # -- recurrent view -----------------------------------------------------
     def setup_step(self) -> None:
@@ -724,7 +799,7 @@ class DPLRKernel(_SSMKernel):
             [B, H, N] the state x_k.
         """
         dA, dB, C = self._checked_step_cache()
-        state = torch.einsum("hnm,bhm->bhn", dA, state) + dB * u.unsqueeze(-1)
+        state = _matvec(dA, state) + dB * u.unsqueeze(-1)  # [B, H, N]
         return (state * C).sum(-1), state
 
 
