@@ -17,6 +17,7 @@ import os
 import re
 
 import torch
+from speechbrain.utils.logger import get_logger
 from torch import nn
 
 from speechbrain_s4.ssm.s4_kernel import (
@@ -31,7 +32,12 @@ __all__ = [
     "convert_s4_layer_state_dict",
 ]
 
+logger = get_logger(__name__)
+
 _S4_KERNEL = "kernel.kernel."
+# Above this condition number of I - dA^L, recovering C from a float32 C~
+# visibly amplifies C~'s rounding (the S4 layer fixture is at about 30).
+_ILL_CONDITIONED = 1e4
 _S4_REFERENCE_KEYS = (
     "D",
     _S4_KERNEL + "log_dt",
@@ -181,8 +187,18 @@ def _recover_c(
     Lambda = torch.complex(-torch.exp(inv_w_real), w_imag)  # [H, M]
     dA, _ = dplr_bilinear(torch.exp(log_dt), Lambda, P, B)  # [H, N, N]
     N = dA.shape[-1]
-    eye = torch.eye(N, dtype=dA.dtype).expand_as(dA)
+    eye = torch.eye(N, dtype=dA.dtype, device=dA.device).expand_as(dA)
     dA_L = torch.linalg.matrix_power(dA, length)  # [H, N, N]
+    condition = torch.linalg.cond(eye - dA_L).max().item()
+    if condition > _ILL_CONDITIONED:
+        logger.warning(
+            "recovering the S4 C from C~ = C (I - dA^%d): I - dA^L has "
+            "condition number %.1e, so the rounding error of the stored C~ "
+            "is amplified up to that much in C and in the kernels computed "
+            "from it",
+            length,
+            condition,
+        )
     # C_real (I - dA^L) = C~_real  <=>  (I - dA^L)^T C_real^T = C~_real^T
     C_tilde_rows = _real_rows(C_tilde).permute(1, 2, 0)  # [H, N, C]
     C_rows = torch.linalg.solve((eye - dA_L).transpose(-1, -2), C_tilde_rows)

@@ -126,11 +126,33 @@ def test_convert_recovers_the_original_c(golden, source):
         c_tilde = torch.view_as_real(layer.kernel.c_tilde(length))
     assert_close_to_peak(c_tilde, as_double["kernel.kernel.C"], rel=1e-12)
     # the reference rounded C~ to float32 (after computing it in complex64);
-    # recovering C amplifies that by cond(I - dA^L), about 10 here
+    # recovering C amplifies that by cond(I - dA^L), about 30 here
     converted = convert_s4_layer_state_dict(reference, conj_symmetric=True)
     assert_close_to_peak(
         converted["kernel.C"], original["kernel.kernel.C"], rel=1e-4
     )
+
+
+def test_convert_warns_when_c_is_ill_conditioned(golden, caplog):
+    """A mode with Lambda ~ 0 (and no low-rank term) has dA ~ 1, which makes
+    I - dA^L nearly singular."""
+    reference = dict(golden("s4_layer_io")["state_dict"])
+    for key, value in (("inv_w_real", -25.0), ("w_imag", 0.0)):
+        tensor = reference["kernel.kernel." + key].clone()
+        tensor[0, 0] = value  # Lambda = -1.4e-11 + 0i
+        reference["kernel.kernel." + key] = tensor
+    reference["kernel.kernel.P"] = torch.zeros_like(
+        reference["kernel.kernel.P"]
+    )
+    with caplog.at_level("WARNING", logger="speechbrain_s4.convert"):
+        convert_s4_layer_state_dict(reference, conj_symmetric=True)
+    assert "condition number" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="speechbrain_s4.convert"):
+        convert_s4_layer_state_dict(
+            golden("s4_layer_io")["state_dict"], conj_symmetric=True
+        )
+    assert "condition number" not in caplog.text
 
 
 def test_convert_keys_and_buffer(golden):
