@@ -514,38 +514,41 @@ class _ChunkedScan(torch.autograd.Function):
     D, delta_bias [D] (D, z and delta_bias may be None). Outputs: out
     [B, L, D] and the last state [B, G, N, Dg].
 
-    Why this formulation (profiled with torch 2.14 on a 2-core AVX-512 CPU
-    at batch 4, D 512, N 16, L 4000, i.e. 131 M state updates):
+    Why this formulation (profiled with torch 2.14 on the project's 2-vCPU
+    AVX-512 machine, at batch 4, D 512, N 16, L 4000, i.e. 131 M state
+    updates; see ``speechbrain-s4 benchmark --kernels``):
 
     * Every decay is computed directly as exp(Delta_t A), never from
       cumulative sums of Delta: no exp(-A S) overflow, no cancellation in
       S_t - S_tau, and the result equals the sequential loop to round-off.
-    * All O(B D L N) work runs as a few large PyTorch kernels on blocks of k
-      steps whose operands stay in the L2 cache: one broadcast multiply and
-      one exp give the k decays, one broadcast multiply the k inputs
+    * The O(B D L N) work runs as a few large kernels on blocks of k steps
+      whose operands stay in the L2 cache: one broadcast multiply and one
+      exp give the k decays, one broadcast multiply the k inputs
       Delta_t u_t B_t, one batched matmul ([1, N] x [N, D] per step) the k
-      outputs. Each is one pass at 0.05-0.12 ns per state element (2
-      threads), against ~1.5 ns per element and step for the reference
-      loop, whose seven small kernels per step allocate fresh tensors.
-    * The only sequential part is one in-place ``addcmul_`` per time step
-      on the [B, N, D] slab.
+      outputs. The only sequential part is one in-place ``addcmul_`` per
+      step on the [B, N, D] slab. That is about five passes over each state
+      element, against seven kernels per step with fresh allocations in the
+      reference loop. The exp is ~30% of the forward; no op-by-op
+      formulation can avoid one exp per state element.
     * The state layout [.., N, D] keeps D contiguous, so the read-out
       sum_n C_n h_n is a matmul over N with a long contiguous inner dimension
       (5x faster than contracting a contiguous N = 16).
     * Delta's bias and softplus, the D skip and the gate run on each block
-      of [k, B, D] values: no [B, L, D] temporaries (at this size each fresh
-      [B, L, D] tensor costs as much as a pass over the states, in page
-      faults).
+      of [k, B, D] values: no [B, L, D] temporaries (each fresh 33 MB tensor
+      costs page faults comparable to a pass over the states).
     * The two-level scheme of MODELS.md 3.6 (local scans of all chunks at
-      once, then a correction by exp(A S_t) h_start) was measured too: it
-      only helps when a [B, N, D] slab is too small for two threads, and its
-      correction costs four more passes over the B D L N elements (mul, exp,
-      mul, matmul), about what it saves.
+      once, a carry across chunks, then a correction by exp(A S_t) h_start)
+      was prototyped: 440-590 ms against 165-190 ms of CPU time for this
+      forward (1 thread, chunks of 32-128 steps). Its per-step slabs of
+      n_chunks * B * N * D states leave the L2 cache, and its correction
+      costs four more passes (mul, exp, mul, matmul).
     * The backward is a reverse scan derived by hand (below). Autograd
-      through the blocked forward would keep every block alive and replay
-      ~L small kernels; instead the forward keeps one state every
+      through the blocked forward would save the decays and states of every
+      step, i.e. the whole [B, D, L, N] tensors; instead the forward keeps
+      one state every
       _CHECKPOINT_STEPS steps (1/_CHECKPOINT_STEPS of the states), and the
-      backward recomputes the states and decays of one chunk at a time.
+      backward recomputes the states and decays of one chunk at a time
+      (about three times the forward's work).
 
     Backward (G_t = dLoss/dh_t, M_t = dLoss/d(Delta_t A), x_t = Delta_t u_t,
     dy_t = dout_t SiLU(z_t)):
