@@ -175,8 +175,11 @@ def kernel_benchmark(
     -------
     >>> rows = kernel_benchmark(batch=1, d_inner=4, d_state=2, length=16,
     ...                         s4_channels=4, s4_state=4, repeats=1)
-    >>> [row["kernel"] for row in rows]
-    ['selective scan, sequential loop (ref)', 'selective scan, chunked (torch)', 'S4 layer: kernel + FFT conv (bidirectional)']
+    >>> for row in rows:
+    ...     print(row["kernel"])
+    selective scan, sequential loop (ref)
+    selective scan, chunked (torch)
+    S4 layer: kernel + FFT conv (bidirectional)
     """
     size = f"B={batch} D={d_inner} N={d_state} L={length}"
     with _num_threads(threads):
@@ -191,7 +194,7 @@ def kernel_benchmark(
         fast = _time_scan(inputs, "torch", repeats, 1)
         diffs = [_max_abs_diff(fast[2], ref[2])]
         peaks = [float(ref[2].abs().max())]
-        for fast_grad, ref_grad in zip(fast[3], ref[3]):
+        for fast_grad, ref_grad in zip(fast[3], ref[3], strict=True):
             diffs.append(_max_abs_diff(fast_grad, ref_grad))
             peaks.append(float(ref_grad.abs().max()))
         rows = [
@@ -204,10 +207,14 @@ def kernel_benchmark(
                 speedup_forward=ref[0] / fast[0],
                 speedup_forward_backward=ref[1] / fast[1],
                 max_abs_diff=max(diffs),
-                max_rel_diff=max(d / p for d, p in zip(diffs, peaks) if p > 0),
+                max_rel_diff=max(
+                    d / p for d, p in zip(diffs, peaks, strict=True) if p > 0
+                ),
             ),
         ]
-        rows.append(_s4_row(batch, s4_channels, s4_state, length, repeats, seed))
+        rows.append(
+            _s4_row(batch, s4_channels, s4_state, length, repeats, seed)
+        )
     return rows
 
 
@@ -299,7 +306,8 @@ def format_kernel_table(rows: list[dict], threads: int | None = None) -> str:
                 row["size"],
                 cell(row["forward_ms"], ".1f"),
                 cell(row["forward_backward_ms"], ".1f"),
-                cell(row["speedup_forward"], ".1f") + ("x" if row["speedup_forward"] else ""),
+                cell(row["speedup_forward"], ".1f")
+                + ("x" if row["speedup_forward"] else ""),
                 cell(row["speedup_forward_backward"], ".1f")
                 + ("x" if row["speedup_forward_backward"] else ""),
                 diff,
@@ -307,7 +315,10 @@ def format_kernel_table(rows: list[dict], threads: int | None = None) -> str:
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = [
-        "  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip()
+        "  ".join(
+            value.ljust(width)
+            for value, width in zip(line, widths, strict=True)
+        ).rstrip()
         for line in lines
     ]
     title = "CPU kernel benchmark (wall-clock medians"

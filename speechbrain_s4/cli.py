@@ -91,7 +91,10 @@ def _benchmark_arguments(parser):
         if not args.kernels:
             raise ValueError("nothing to benchmark; pass --kernels")
         # imported here so that the CLI starts without loading the models
-        from speechbrain_s4.benchmark import format_kernel_table, kernel_benchmark
+        from speechbrain_s4.benchmark import (
+            format_kernel_table,
+            kernel_benchmark,
+        )
 
         rows = kernel_benchmark(
             batch=args.batch,

@@ -5,9 +5,14 @@ import math
 from speechbrain_s4 import cli
 from speechbrain_s4.benchmark import format_kernel_table, kernel_benchmark
 
-TINY = dict(
-    batch=2, d_inner=8, d_state=4, length=45, s4_channels=8, s4_state=8
-)
+TINY = {
+    "batch": 2,
+    "d_inner": 8,
+    "d_state": 4,
+    "length": 45,
+    "s4_channels": 8,
+    "s4_state": 8,
+}
 KERNELS = [
     "selective scan, sequential loop (ref)",
     "selective scan, chunked (torch)",
@@ -34,7 +39,7 @@ def test_kernel_benchmark_rows_are_finite_and_backends_agree():
     lines = table.splitlines()
     assert "1 threads" in lines[0]
     assert len(lines) == 2 + len(KERNELS)
-    for kernel, line in zip(KERNELS, lines[2:]):
+    for kernel, line in zip(KERNELS, lines[2:], strict=True):
         assert line.startswith(kernel)
 
 

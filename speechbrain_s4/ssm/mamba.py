@@ -270,7 +270,8 @@ class Mamba(nn.Module):
         dtype = ssm_state.dtype
         x, z, B, C = x.to(dtype), z.to(dtype), B.to(dtype), C.to(dtype)
         delta = F.softplus(
-            F.linear(dt, self.dt_proj.weight).to(dtype) + self.dt_proj.bias.to(dtype)
+            F.linear(dt, self.dt_proj.weight).to(dtype)
+            + self.dt_proj.bias.to(dtype)
         )  # [B, D]
         A = -torch.exp(self.A_log.to(dtype))  # [D, N]
         # eq. (2a): h <- exp(Delta A) h + Delta x B
@@ -311,7 +312,9 @@ def _run_mixers(mixers, inputs):
     def stack(tensors):  # along channels
         return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=-1)
 
-    projected = [m.in_proj(x) for m, x in zip(mixers, inputs)]  # [B, L, 2D]
+    projected = [
+        m.in_proj(x) for m, x in zip(mixers, inputs, strict=True)
+    ]  # [B, L, 2D]
     x = stack([p[..., :d_inner] for p in projected])  # [B, L, K D]
     z = stack([p[..., d_inner:] for p in projected])  # [B, L, K D]
     conv_weight = torch.cat([m.conv1d.weight for m in mixers])  # [K D, 1, W]
@@ -334,7 +337,10 @@ def _run_mixers(mixers, inputs):
     delta = F.linear(stack(dt_parts), dt_weight)  # [B, L, K D]
 
     if len(mixers) == 1:
-        B, C = B_parts[0].transpose(1, 2), C_parts[0].transpose(1, 2)  # [B, N, L]
+        B, C = (
+            B_parts[0].transpose(1, 2),
+            C_parts[0].transpose(1, 2),
+        )  # [B, N, L]
     else:
         B = torch.stack(B_parts, dim=1).transpose(2, 3)  # [B, K, N, L]
         C = torch.stack(C_parts, dim=1).transpose(2, 3)
@@ -347,7 +353,9 @@ def _run_mixers(mixers, inputs):
         C,
         D=torch.cat([_at_least_float32(m.D) for m in mixers]),
         z=z.transpose(1, 2),
-        delta_bias=torch.cat([_at_least_float32(m.dt_proj.bias) for m in mixers]),
+        delta_bias=torch.cat(
+            [_at_least_float32(m.dt_proj.bias) for m in mixers]
+        ),
         delta_softplus=True,
         backend=first.backend,
     ).transpose(1, 2)  # [B, L, K D]
@@ -390,7 +398,7 @@ def _causal_depthwise_conv(x, weight, bias):
 
 
 class Block(nn.Module):
-    """mamba_ssm's pre-norm residual block with one layer: x + Mamba(RMSNorm(x)).
+    """mamba_ssm's pre-norm residual block, one layer: x + Mamba(RMSNorm(x)).
 
     Submodules are named ``mixer`` and ``norm`` as in mamba_ssm (v1.2,
     ``fused_add_norm=False``), so its state dict keys are ``mixer.*`` and
@@ -463,7 +471,7 @@ class Block(nn.Module):
 
 
 class BiMamba(nn.Module):
-    """SPMamba's bidirectional Mamba block (``MambaBlock``), [B, L, d] -> [B, L, 2d].
+    """SPMamba's bidirectional block (``MambaBlock``): [B, L, d] -> [B, L, 2d].
 
     ``forward_blocks`` (n_layer pre-norm Blocks) run on x and
     ``backward_blocks`` (their own weights) on the time-reversed x; the
@@ -511,21 +519,21 @@ class BiMamba(nn.Module):
         norm_eps: float = 1e-5,
     ):
         super().__init__()
-        block_args = dict(
-            d_state=d_state,
-            d_conv=d_conv,
-            expand=expand,
-            dt_rank=dt_rank,
-            dt_min=dt_min,
-            dt_max=dt_max,
-            dt_init=dt_init,
-            dt_scale=dt_scale,
-            dt_init_floor=dt_init_floor,
-            conv_bias=conv_bias,
-            bias=bias,
-            backend=backend,
-            norm_eps=norm_eps,
-        )
+        block_args = {
+            "d_state": d_state,
+            "d_conv": d_conv,
+            "expand": expand,
+            "dt_rank": dt_rank,
+            "dt_min": dt_min,
+            "dt_max": dt_max,
+            "dt_init": dt_init,
+            "dt_scale": dt_scale,
+            "dt_init_floor": dt_init_floor,
+            "conv_bias": conv_bias,
+            "bias": bias,
+            "backend": backend,
+            "norm_eps": norm_eps,
+        }
         self.n_layer = n_layer
         self.forward_blocks = nn.ModuleList(
             Block(d_model, **block_args) for _ in range(n_layer)
@@ -539,11 +547,14 @@ class BiMamba(nn.Module):
         """x [B, L, d] -> [B, L, 2d] (forward, then backward direction)."""
         forward_x, backward_x = x, x.flip(1)  # backward runs in reversed time
         for forward_block, backward_block in zip(
-            self.forward_blocks, self.backward_blocks
+            self.forward_blocks, self.backward_blocks, strict=True
         ):
             forward_out, backward_out = _run_mixers(
                 [forward_block.mixer, backward_block.mixer],
-                [forward_block.norm(forward_x), backward_block.norm(backward_x)],
+                [
+                    forward_block.norm(forward_x),
+                    backward_block.norm(backward_x),
+                ],
             )
             forward_x = forward_x + forward_out
             backward_x = backward_x + backward_out
@@ -551,7 +562,7 @@ class BiMamba(nn.Module):
 
 
 def _init_weights(module, n_layer):
-    """mamba_ssm ``_init_weights`` (mixer_seq_simple, v1.2) as SPMamba applies it.
+    """mamba_ssm ``_init_weights`` (mixer_seq_simple, v1.2), as SPMamba uses it.
 
     Linear biases not marked ``_no_reinit`` become zero; every
     ``out_proj.weight`` is redrawn kaiming-uniform(a=sqrt 5) and divided by

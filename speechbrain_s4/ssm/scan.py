@@ -128,18 +128,19 @@ def selective_scan(
     >>> u, delta = torch.randn(2, 8, 37), torch.rand(2, 8, 37)
     >>> A = -torch.rand(8, 4)
     >>> B, C = torch.randn(2, 4, 37), torch.randn(2, 4, 37)
-    >>> out = selective_scan(u, delta, A, B, C, D=torch.ones(8), backend="torch")
+    >>> D = torch.ones(8)
+    >>> out = selective_scan(u, delta, A, B, C, D=D, backend="torch")
     >>> out.shape
     torch.Size([2, 8, 37])
     """
     choice = _resolve_backend(backend, u)
-    kwargs = dict(
-        D=D,
-        z=z,
-        delta_bias=delta_bias,
-        delta_softplus=delta_softplus,
-        return_last_state=return_last_state,
-    )
+    kwargs = {
+        "D": D,
+        "z": z,
+        "delta_bias": delta_bias,
+        "delta_softplus": delta_softplus,
+        "return_last_state": return_last_state,
+    }
     if choice == "cuda":
         return _selective_scan_cuda(u, delta, A, B, C, **kwargs)
     if choice == "ref":
@@ -233,7 +234,9 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
             "negative A = -exp(A_log)); pass a real [D, N] tensor"
         )
     if u.dim() != 3:
-        raise ValueError(f"selective_scan: u must be [B, D, L], got {list(u.shape)}")
+        raise ValueError(
+            f"selective_scan: u must be [B, D, L], got {list(u.shape)}"
+        )
     batch, d_inner, length = u.shape
     if delta.shape != u.shape:
         raise ValueError(
@@ -383,7 +386,7 @@ def selective_scan_ref(
         h = u.new_zeros(batch, d_inner, A.shape[1])  # [B, D, N]
         ys = []
         for delta_t, u_t, B_t, C_t in zip(
-            _time_steps(delta), _time_steps(u), B_steps, C_steps
+            _time_steps(delta), _time_steps(u), B_steps, C_steps, strict=True
         ):
             decay = torch.exp(delta_t[:, :, None] * A)  # [B, D, N]
             h = decay * h + (delta_t * u_t)[:, :, None] * B_t  # [B, D, N]
@@ -441,7 +444,9 @@ def _selective_scan_chunked(
     groups = _shared_groups(B, C)
 
     def channels_last(seq):  # [B, D, L] -> [B, L, D], contiguous
-        return None if seq is None else seq.to(dtype).transpose(1, 2).contiguous()
+        return (
+            None if seq is None else seq.to(dtype).transpose(1, 2).contiguous()
+        )
 
     def vector(vec):
         return None if vec is None else vec.to(dtype)
@@ -568,9 +573,13 @@ class _ChunkedScan(torch.autograd.Function):
         needs_grad = any(ctx.needs_input_grad)
         checkpoints = plan.new_checkpoints() if needs_grad else None
         out = torch.empty_like(u)
-        last = u.new_empty(plan.batch, plan.groups, plan.d_state, plan.group_size)
+        last = u.new_empty(
+            plan.batch, plan.groups, plan.d_state, plan.group_size
+        )
         for b0, b1 in plan.batch_groups():
-            seq = plan.sequences(b0, b1, u=u, delta=delta, z=z, B=B, C=C, out=out)
+            seq = plan.sequences(
+                b0, b1, u=u, delta=delta, z=z, B=B, C=C, out=out
+            )
             last[b0:b1] = plan.forward_group(
                 seq,
                 A,
@@ -581,7 +590,9 @@ class _ChunkedScan(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.delta_softplus = delta_softplus
         if needs_grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
+            ctx.save_for_backward(
+                u, delta, A, B, C, D, z, delta_bias, checkpoints
+            )
         return out, last
 
     @staticmethod
@@ -737,7 +748,10 @@ class _ScanPlan:
 
     # -- the building blocks, one block of k steps at a time -----------
     def _step_sizes(self, raw, delta_bias, out):
-        """out [k, Bg, D] = Delta_t = softplus(raw + delta_bias), each optional."""
+        """out [k, Bg, D] = Delta_t = softplus(raw + delta_bias).
+
+        The bias and the softplus are each optional.
+        """
         if delta_bias is None:
             out.copy_(raw)
         else:
@@ -747,8 +761,11 @@ class _ScanPlan:
 
     @staticmethod
     def _scan(state_steps, decay_steps, prev):
-        """In place, eq. (2a): h_t <- exp(Delta_t A) h_{t-1} + (input in h_t)."""
-        for state, decay in zip(state_steps, decay_steps):
+        """In place, eq. (2a): h_t <- exp(Delta_t A) h_{t-1} + h_t.
+
+        On entry each h_t holds its input Delta_t u_t B_t.
+        """
+        for state, decay in zip(state_steps, decay_steps, strict=True):
             state.addcmul_(decay, prev)
             prev = state
 
@@ -869,8 +886,21 @@ class _ScanPlan:
                 )
 
     def _block_grads(
-        self, seq, A, D, delta_bias, t0, t1, delta, x, decays, states,
-        previous, adjoints, carry, grads,
+        self,
+        seq,
+        A,
+        D,
+        delta_bias,
+        t0,
+        t1,
+        delta,
+        x,
+        decays,
+        states,
+        previous,
+        adjoints,
+        carry,
+        grads,
     ):
         """Gradients of steps t0:t1 of one batch group; update ``carry``.
 
@@ -897,7 +927,9 @@ class _ScanPlan:
             grads.dD.add_((dy * u).sum((0, 1)))
         dy_steps = self._split(dy)  # [k, Bg, G, 1, Dg]
         # G_t = C_t dy_t + exp(Delta_{t+1} A) G_{t+1}: a reverse scan
-        torch.mul(C if C.dim() == 3 else C.unsqueeze(-1), dy_steps, out=adjoints)
+        torch.mul(
+            C if C.dim() == 3 else C.unsqueeze(-1), dy_steps, out=adjoints
+        )
         adjoint_steps[-1].add_(carry)
         self._scan(adjoint_steps[-2::-1], decay_steps[:0:-1], adjoint_steps[-1])
         # dC_t = sum_d dy_t h_t
@@ -932,7 +964,9 @@ class _ScanPlan:
         # through Delta = softplus(delta + delta_bias): times sigmoid
         if self.delta_softplus:
             raw = seq.delta[t0:t1]
-            ddelta.mul_(torch.sigmoid(raw if delta_bias is None else raw + delta_bias))
+            ddelta.mul_(
+                torch.sigmoid(raw if delta_bias is None else raw + delta_bias)
+            )
         seq.ddelta[t0:t1] = ddelta
         if delta_bias is not None:
             grads.ddelta_bias.add_(ddelta.sum((0, 1)))

@@ -88,14 +88,18 @@ def test_bimamba_loads_spmamba_reference_weights(golden):
     """The reference SPMamba's BMamba weights load strictly."""
     state = golden("spmamba_8k_L2_state_dict")
     prefix = "blocks.0.intra_mamba."
-    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    sub = {
+        k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)
+    }
     bimamba = BiMamba(128, d_state=16, expand=4)
     expected = {
         f"{direction}_blocks.0.{key}": shape
         for direction in ("forward", "backward")
         for key, shape in SPMAMBA_BLOCK_SHAPES.items()
     }
-    assert {k: tuple(v.shape) for k, v in bimamba.state_dict().items()} == expected
+    assert {
+        k: tuple(v.shape) for k, v in bimamba.state_dict().items()
+    } == expected
     bimamba.load_state_dict(sub, strict=True)
     for key, value in sub.items():
         assert torch.equal(bimamba.state_dict()[key], value)
@@ -142,7 +146,9 @@ def test_bimamba_applies_spmamba_init_weights():
 def test_constructor_rejects_unknown_choices():
     with pytest.raises(ValueError, match="expected one of random, constant"):
         Mamba(16, dt_init="uniform")
-    with pytest.raises(ValueError, match="expected one of auto, ref, torch, cuda"):
+    with pytest.raises(
+        ValueError, match="expected one of auto, ref, torch, cuda"
+    ):
         Block(16, backend="triton")
 
 
@@ -167,7 +173,9 @@ def test_mamba_matches_mamba_ssm_slow_path(backend):
     torch.manual_seed(0)
     mixer = perturb_(Mamba(16, d_state=4, expand=2, backend=backend)).double()
     x = torch.randn(2, 23, 16, dtype=torch.float64)
-    assert_close_to_peak(mixer(x), mamba_ssm_slow_path(mixer, x), 1e-12, "mixer")
+    assert_close_to_peak(
+        mixer(x), mamba_ssm_slow_path(mixer, x), 1e-12, "mixer"
+    )
 
 
 def test_mamba_step_by_step_equals_forward():
@@ -191,7 +199,9 @@ def test_block_is_pre_norm_residual():
     assert torch.equal(block(x), x + block.mixer(block.norm(x)))
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize(
+    "dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)]
+)
 def test_bimamba_fused_directions_equal_separate_blocks(dtype, tol):
     torch.manual_seed(0)
     bimamba = perturb_(BiMamba(16, n_layer=2, d_state=4, expand=4)).to(dtype)
@@ -213,7 +223,7 @@ def test_bimamba_fused_directions_equal_separate_blocks(dtype, tol):
     weights = torch.randn_like(expected)
     fused_grads = torch.autograd.grad((fused * weights).sum(), params)
     grads = torch.autograd.grad((expected * weights).sum(), params)
-    for fused_grad, grad in zip(fused_grads, grads):
+    for fused_grad, grad in zip(fused_grads, grads, strict=True):
         assert_close_to_peak(fused_grad, grad, tol, "gradient")
 
 

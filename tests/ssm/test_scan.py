@@ -88,9 +88,11 @@ def outputs_and_grads(backend, inputs, seed=1):
     gen = torch.Generator().manual_seed(seed)
     w_out = torch.randn(out.shape, generator=gen, dtype=torch.float64)
     w_last = torch.randn(last.shape, generator=gen, dtype=torch.float64)
-    loss = (out * w_out.to(out.dtype)).sum() + (last * w_last.to(last.dtype)).sum()
+    loss = (out * w_out.to(out.dtype)).sum() + (
+        last * w_last.to(last.dtype)
+    ).sum()
     grads = torch.autograd.grad(loss, list(leaves.values()))
-    return out, last, dict(zip(leaves, grads))
+    return out, last, dict(zip(leaves, grads, strict=True))
 
 
 # ---------------------------------------------------------------------------
@@ -103,7 +105,7 @@ def test_selective_scan_matches_golden(golden, backend, dtype):
     args = [io[k].to(dtype) for k in ("u", "delta", "A", "B", "C")]
     D, z, bias = (io[k].to(dtype) for k in ("D", "z", "delta_bias"))
     tol = TOLERANCE[dtype]
-    flags = dict(delta_bias=bias, delta_softplus=io["delta_softplus"])
+    flags = {"delta_bias": bias, "delta_softplus": io["delta_softplus"]}
 
     out, last = selective_scan(
         *args, D=D, z=z, return_last_state=True, backend=backend, **flags
@@ -121,11 +123,11 @@ def test_selective_scan_matches_golden(golden, backend, dtype):
 # Fast path against the loop: outputs and gradients
 # ---------------------------------------------------------------------------
 LAYOUTS = {
-    "shared": dict(),
-    "grouped": dict(groups=2),
-    "grouped_per_channel": dict(groups=8),
-    "invariant": dict(invariant=("B", "C")),
-    "invariant_B_grouped_C": dict(groups=4, invariant=("B",)),
+    "shared": {},
+    "grouped": {"groups": 2},
+    "grouped_per_channel": {"groups": 8},
+    "invariant": {"invariant": ("B", "C")},
+    "invariant_B_grouped_C": {"groups": 4, "invariant": ("B",)},
 }
 
 
@@ -163,7 +165,9 @@ def test_selective_scan_odd_lengths_match_loop(length):
 @pytest.mark.parametrize(
     "slab, block", [(32, 32), (64, 64), (128, 256), (96, 1 << 20)]
 )
-def test_selective_scan_blocking_does_not_change_result(monkeypatch, slab, block):
+def test_selective_scan_blocking_does_not_change_result(
+    monkeypatch, slab, block
+):
     """Batch groups, k-step blocks and checkpoint chunks that do not tile L."""
     inputs = random_inputs(batch=3, d_inner=8, d_state=4, length=77, groups=2)
     expected = outputs_and_grads("torch", inputs)
@@ -203,7 +207,12 @@ def test_selective_scan_long_sequence_is_stable():
     delta[:, :2] = delta[:, :2] * 20 + 5  # |A dt| from 5 to 5000
     delta[:, 2:] = delta[:, 2:] * 1e-5 + 1e-6  # |A dt| ~ 1e-5
     A = -torch.tensor(
-        [[60.0, 200.0, 1.0], [40.0, 100.0, 3.0], [1.0, 0.5, 2.0], [1.5, 0.3, 0.8]],
+        [
+            [60.0, 200.0, 1.0],
+            [40.0, 100.0, 3.0],
+            [1.0, 0.5, 2.0],
+            [1.5, 0.3, 0.8],
+        ],
         dtype=torch.float64,
     )
     B = torch.randn(1, 3, length, generator=gen, dtype=torch.float64)
@@ -270,7 +279,9 @@ def test_selective_scan_cuda_backend_asks_for_install_on_cpu():
         run("cuda", inputs)
 
 
-def test_selective_scan_auto_uses_torch_on_cpu_and_logs_once(caplog, monkeypatch):
+def test_selective_scan_auto_uses_torch_on_cpu_and_logs_once(
+    caplog, monkeypatch
+):
     monkeypatch.setattr(scan, "_logged_choices", set())
     inputs = random_inputs(dtype=torch.float32)
     with caplog.at_level("INFO", logger="speechbrain_s4.ssm.scan"):
@@ -283,7 +294,9 @@ def test_selective_scan_auto_uses_torch_on_cpu_and_logs_once(caplog, monkeypatch
 
 def test_selective_scan_rejects_bad_arguments():
     inputs = random_inputs(dtype=torch.float32)
-    with pytest.raises(ValueError, match="expected one of auto, ref, torch, cuda"):
+    with pytest.raises(
+        ValueError, match="expected one of auto, ref, torch, cuda"
+    ):
         run("triton", inputs)
     with pytest.raises(NotImplementedError, match="complex A"):
         run("torch", dict(inputs, A=inputs["A"].to(torch.complex64)))
