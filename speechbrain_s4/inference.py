@@ -81,6 +81,7 @@ __all__ = [
     "minimum_input_samples",
     "export_recipe",
     "convert_checkpoint",
+    "save_inference_folder",
     "separator_arguments",
     "evaluate_folders",
     "format_results_table",
@@ -679,7 +680,7 @@ def _write_inference_folder(
     if existing and not overwrite:
         raise FileExistsError(
             f"{out_folder} already holds {', '.join(existing)}; choose a new "
-            "folder or pass overwrite (--overwrite)"
+            "folder or overwrite it (--overwrite)"
         )
     if out_folder.exists() and not out_folder.is_dir():
         raise NotADirectoryError(f"{out_folder} is a file, not a folder")
@@ -849,6 +850,8 @@ def _s4m_arguments(model) -> dict:
         "decoder_s4": block.decoder_s4 is not None,
         "topdown": block.topdown,
         "conj_symmetric": bool(kernel.conj_symmetric),
+        # frames padded to a multiple of 2^(depth - 1), or the reference's
+        "align_frames": model.encoder.frame_multiple != 1,
     }
 
 
@@ -880,14 +883,21 @@ def separator_arguments(separator: nn.Module) -> dict:
     >>> args["hidden_channels"], args["decoder_s4"]
     (8, True)
     """
-    reader = _ARGUMENT_READERS.get(type(separator).__name__)
-    if reader is not None:
-        return reader(separator)
     parameters = [
         name
         for name in inspect.signature(type(separator).__init__).parameters
         if name != "self"
     ]
+    reader = _ARGUMENT_READERS.get(type(separator).__name__)
+    if reader is not None:
+        arguments = reader(separator)
+        unread = [name for name in parameters if name not in arguments]
+        if unread:  # the class gained arguments the reader does not know
+            raise RuntimeError(
+                f"the argument reader of {type(separator).__name__} misses "
+                f"{unread}; update speechbrain_s4.inference._ARGUMENT_READERS"
+            )
+        return arguments
     missing = [name for name in parameters if not hasattr(separator, name)]
     if missing:
         raise ValueError(
@@ -896,6 +906,84 @@ def separator_arguments(separator: nn.Module) -> dict:
             "module; add a reader to speechbrain_s4.inference._ARGUMENT_READERS"
         )
     return {name: getattr(separator, name) for name in parameters}
+
+
+def save_inference_folder(
+    separator: nn.Module,
+    out_folder,
+    overwrite: bool = False,
+    description: list | None = None,
+) -> Path:
+    """Write a separator module as an inference folder.
+
+    The YAML definition is read back from the module
+    (:func:`separator_arguments`) and verified before anything is written:
+    the separator built from the YAML must load the weights strictly and give
+    the same outputs as ``separator`` on a probe signal.
+
+    Arguments
+    ---------
+    separator : torch.nn.Module
+        A separator with ``sample_rate`` and ``num_spks``.
+    out_folder : str or os.PathLike
+        The inference folder to write.
+    overwrite : bool
+        Replace the files of an existing inference folder.
+    description : list of str, optional
+        Comment lines for the top of ``hyperparams.yaml`` (provenance).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain_s4.models import build
+    >>> folder = save_inference_folder(
+    ...     build("s4m-tiny", hidden_channels=8, num_blocks=1), tempfile.mkdtemp()
+    ... )
+    >>> S4Separation.from_hparams(folder).separate_batch(torch.randn(1, 900)).shape
+    torch.Size([1, 900, 2])
+    """
+    was_training = separator.training
+    separator.eval()
+    arguments = separator_arguments(separator)
+    cls = type(separator)
+    node = _tagged(arguments, f"!new:{cls.__module__}.{cls.__qualname__}")
+    header = list(description or []) or [
+        f"Inference folder of speechbrain_s4 ({cls.__name__}), written on "
+        f"{datetime.date.today()}"
+    ]
+    header.append(
+        "Load: speechbrain_s4.inference.S4Separation.from_hparams(<folder>)"
+    )
+    yaml_text = _inference_yaml(
+        node, separator.sample_rate, separator.num_spks, header
+    )
+    state_dict = separator.state_dict()
+    rebuilt = load_hyperpyyaml(yaml_text)["separator"].eval()
+    load_strict(rebuilt, state_dict, source=f"{cls.__name__}'s state dict")
+    probe = torch.randn(
+        1,
+        max(int(separator.sample_rate) // 4, 64),
+        generator=torch.Generator().manual_seed(0),
+    ).to(next(separator.parameters()).device)
+    with torch.no_grad():
+        expected, got = separator(probe), rebuilt.to(probe.device)(probe)
+    separator.train(was_training)
+    tolerance = 1e-6 * float(expected.abs().max())
+    if not torch.allclose(got, expected, rtol=0, atol=tolerance):
+        raise RuntimeError(
+            f"the YAML written for {cls.__name__} rebuilds a different model "
+            f"(max difference {float((got - expected).abs().max()):.3g}); "
+            "fix its argument reader in speechbrain_s4.inference"
+        )
+    return _write_inference_folder(
+        out_folder, yaml_text, {k: v.cpu() for k, v in state_dict.items()},
+        overwrite,
+    )
 
 
 def convert_checkpoint(
@@ -910,10 +998,8 @@ def convert_checkpoint(
 
     The checkpoint is loaded with
     :func:`speechbrain_s4.convert.load_reference_checkpoint` (strict, with
-    the original constructor's keyword arguments); the YAML definition is
-    read back from the module (:func:`separator_arguments`) and verified: the
-    separator built from the written YAML loads the weights strictly and
-    gives the same outputs as the converted module on a probe signal.
+    the original constructor's keyword arguments) and written with
+    :func:`save_inference_folder` (verified rebuild).
 
     Arguments
     ---------
@@ -944,34 +1030,19 @@ def convert_checkpoint(
         )
     except TypeError as err:  # unknown constructor arguments
         raise ValueError(str(err)) from err
-    model.eval()
-    arguments = separator_arguments(model)
-    cls = type(model)
-    node = _tagged(arguments, f"!new:{cls.__module__}.{cls.__qualname__}")
-    header = [
-        f"Inference folder of speechbrain_s4 ({cls.__name__}), written by "
-        f"`speechbrain-s4 convert {arch}` on {datetime.date.today()}",
+    description = [
+        f"Inference folder of speechbrain_s4 ({type(model).__name__}), "
+        f"written by `speechbrain-s4 convert {arch}` on "
+        f"{datetime.date.today()}",
         f"from {Path(checkpoint).resolve()}",
-        "Load: speechbrain_s4.inference.S4Separation.from_hparams(<folder>)",
     ]
-    yaml_text = _inference_yaml(node, model.sample_rate, model.num_spks, header)
-    state_dict = model.state_dict()
-    rebuilt = load_hyperpyyaml(yaml_text)["separator"].eval()
-    load_strict(rebuilt, state_dict, source="the converted checkpoint")
-    probe = torch.randn(
-        1, model.sample_rate // 4, generator=torch.Generator().manual_seed(0)
-    )
-    with torch.no_grad():
-        expected, got = model(probe), rebuilt(probe)
-    if not torch.allclose(got, expected, rtol=0, atol=1e-6 * expected.abs().max()):
-        raise RuntimeError(
-            f"the YAML written for {cls.__name__} rebuilds a different model "
-            f"(max difference {float((got - expected).abs().max()):.3g}); "
-            "fix its argument reader in speechbrain_s4.inference"
-        )
-    folder = _write_inference_folder(out_folder, yaml_text, state_dict, overwrite)
+    folder = save_inference_folder(model, out_folder, overwrite, description)
     logger.info(f"converted {checkpoint} ({arch}) to {folder}")
-    return {"folder": folder, "model": cls.__name__, "arguments": arguments}
+    return {
+        "folder": folder,
+        "model": type(model).__name__,
+        "arguments": separator_arguments(model),
+    }
 
 
 # -- evaluation ------------------------------------------------------------------
