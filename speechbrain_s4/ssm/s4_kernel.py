@@ -968,14 +968,8 @@ class DiagonalKernel(_SSMKernel):
 
     def default_state(self, batch_size: int) -> torch.Tensor:
         """Zero state [B, H, M] complex (the stored modes)."""
-        dtype = torch.complex(self.log_dt[:1], self.log_dt[:1]).dtype
-        return torch.zeros(
-            batch_size,
-            self.d_model,
-            self.d_state // 2,
-            dtype=dtype,
-            device=self.log_dt.device,
-        )
+        C = torch.view_as_complex(self.C)  # [C, H, M], for dtype and device
+        return C.new_zeros(batch_size, self.d_model, self.d_state // 2)
 
     def step(
         self, u: torch.Tensor, state: torch.Tensor
