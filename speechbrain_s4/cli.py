@@ -140,9 +140,6 @@ def _separate_arguments(parser):
     def run(args):
         from pathlib import Path
 
-        from speechbrain_s4.audio import write_estimates
-        from speechbrain_s4.inference import S4Separation
-
         inputs = [Path(path) for path in args.inputs]
         for path in inputs:
             if not path.is_file():
@@ -155,6 +152,10 @@ def _separate_arguments(parser):
                 "estimates would overwrite each other: separate them into "
                 "different output folders"
             )
+        # imported once the arguments are known to be sane (it takes seconds)
+        from speechbrain_s4.audio import write_estimates
+        from speechbrain_s4.inference import S4Separation
+
         model = _load_model(S4Separation, args)
         for path in inputs:
             estimates = model.separate_file(
@@ -294,19 +295,18 @@ def _evaluate_arguments(parser):
 
     def run(args):
         from speechbrain_s4.inference import (
-            S4Separation,
             evaluate_folders,
             format_results_table,
         )
         from speechbrain_s4.metrics import write_results_csv
 
-        model = None if args.estimates else _load_model(S4Separation, args)
         rows = evaluate_folders(
             args.mix_dir,
             args.ref_dirs,
-            separation=model,
+            separation=args.model,
             estimates_folder=args.estimates,
             chunk_seconds=args.chunk_seconds,
+            run_opts=_run_opts(args),
         )
         print(format_results_table(rows))
         if args.csv:
@@ -387,10 +387,14 @@ def _chunk_arguments(parser):
     )
 
 
+def _run_opts(args):
+    """SpeechBrain run options from ``--device``."""
+    return {} if args.device is None else {"device": args.device}
+
+
 def _load_model(interface, args):
     """The separation interface for ``--model`` on ``--device``."""
-    run_opts = {} if args.device is None else {"device": args.device}
-    return interface.from_hparams(args.model, run_opts=run_opts)
+    return interface.from_hparams(args.model, run_opts=_run_opts(args))
 
 
 def _file_rate(path):

@@ -1062,9 +1062,10 @@ def _audio_files(folder: Path) -> list[Path]:
 def evaluate_folders(
     mixture_folder,
     reference_folders,
-    separation: S4Separation | None = None,
+    separation=None,
     estimates_folder=None,
     chunk_seconds: float | None = None,
+    run_opts: dict | None = None,
 ) -> list[dict]:
     """Score separation of every mixture in a folder against references.
 
@@ -1072,7 +1073,8 @@ def evaluate_folders(
     at ``<reference_folders[k]>/<name>`` (the WSJ0-2mix layout: ``mix/``,
     ``s1/``, ``s2/``). The estimates come from ``separation`` (at the
     mixture's rate), or from ``<estimates_folder>/<stem>_s<k>.wav`` as
-    written by ``speechbrain-s4 separate``. Metrics are those of
+    written by ``speechbrain-s4 separate``. The folders are checked before
+    a model is loaded. Metrics are those of
     :func:`speechbrain_s4.metrics.utterance_metrics` (SI-SNR, SI-SNRi, SDR,
     SDRi with the best permutation).
 
@@ -1082,12 +1084,15 @@ def evaluate_folders(
         Folder of mixtures.
     reference_folders : list
         One folder per speaker.
-    separation : S4Separation, optional
-        The model; required unless ``estimates_folder`` is given.
+    separation : S4Separation, str or os.PathLike, optional
+        The model, or where to load it from (an inference folder or bundled
+        name; None: ``DEFAULT_MODEL``); unused with ``estimates_folder``.
     estimates_folder : str or os.PathLike, optional
         Folder of already separated files.
     chunk_seconds : float, optional
         Passed to :meth:`S4Separation.separate_file`.
+    run_opts : dict, optional
+        Run options when the model is loaded here, e.g. ``{"device": "cpu"}``.
 
     Returns
     -------
@@ -1102,16 +1107,19 @@ def evaluate_folders(
     ):
         if not folder.is_dir():
             raise FileNotFoundError(f"no folder at {folder}")
-    if separation is None and estimates_folder is None:
-        raise ValueError("give a model or a folder of estimates to evaluate")
-    if separation is not None and separation.num_spks != len(folders):
-        raise ValueError(
-            f"the model separates {separation.num_spks} speakers but "
-            f"{len(folders)} reference folder(s) were given"
-        )
     mixtures = _audio_files(mixture_folder)
     if not mixtures:
         raise FileNotFoundError(f"no audio files in {mixture_folder}")
+    if estimates_folder is None:
+        if not isinstance(separation, S4Separation):
+            separation = S4Separation.from_hparams(
+                separation, run_opts=run_opts
+            )
+        if separation.num_spks != len(folders):
+            raise ValueError(
+                f"the model separates {separation.num_spks} speakers but "
+                f"{len(folders)} reference folder(s) were given"
+            )
     rows = []
     for path in mixtures:
         mixture, rate = read_mixture(path)  # [T]

@@ -371,6 +371,7 @@ def simulated_run(recipe_text, tmp_path, overrides):
             experiment_directory=str(output),
             hyperparams_to_save=str(recipe),
             overrides=overrides,
+            save_env_desc=False,  # pip freeze: slow, not needed
         )
         with open(recipe) as handle:
             hparams = load_hyperpyyaml(handle, overrides)
