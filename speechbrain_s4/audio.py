@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
+import numpy as np  # noqa: F401  (used by the doctests)
 import soundfile as sf
 import torch
 import torchaudio
@@ -66,9 +66,7 @@ def check_finite(signal: torch.Tensor, name: str, sample_rate=None) -> None:
     if not bool(bad.any()):
         return
     first = int(bad.reshape(-1, signal.shape[-1]).any(0).nonzero()[0])
-    where = (
-        f"{first / sample_rate:g} s" if sample_rate else f"sample {first}"
-    )
+    where = f"{first / sample_rate:g} s" if sample_rate else f"sample {first}"
     raise ValueError(
         f"{name} contains {int(bad.sum())} NaN/infinite sample(s), the first "
         f"at {where}; repair or re-export the audio (a separator cannot "

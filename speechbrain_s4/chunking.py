@@ -222,7 +222,9 @@ def crossfade_weights(overlap: int, dtype=torch.float32, device=None):
     >>> w.shape, bool(torch.allclose(w + w.flip(0), torch.ones(4)))
     (torch.Size([4]), True)
     """
-    t = (torch.arange(overlap, dtype=torch.float64, device=device) + 0.5) / overlap
+    t = (
+        torch.arange(overlap, dtype=torch.float64, device=device) + 0.5
+    ) / overlap
     return torch.sin(0.5 * torch.pi * t).pow(2).to(dtype)
 
 

@@ -197,7 +197,9 @@ def _model_files(folder: Path, hparams_file: str) -> tuple[Path, Path]:
     """The hyperparameter and checkpoint files of an inference folder."""
     hparams_path = folder / hparams_file
     checkpoint_path = folder / CHECKPOINT_FILE
-    missing = [p.name for p in (hparams_path, checkpoint_path) if not p.is_file()]
+    missing = [
+        p.name for p in (hparams_path, checkpoint_path) if not p.is_file()
+    ]
     if missing:
         raise FileNotFoundError(
             f"{folder} is not an inference folder: {' and '.join(missing)} "
@@ -694,7 +696,11 @@ def _write_inference_folder(
 
 def _find_separator_node(document, path: Path):
     """The YAML node defining the recipe's separator."""
-    for keys in (("modules", "separator"), ("model", "separator"), ("separator",)):
+    for keys in (
+        ("modules", "separator"),
+        ("model", "separator"),
+        ("separator",),
+    ):
         node = document
         for key in keys:
             node = node.get(key) if isinstance(node, dict) else None
@@ -824,7 +830,9 @@ def export_recipe(
         "Load: speechbrain_s4.inference.S4Separation.from_hparams(<folder>)",
     ]
     yaml_text = _inference_yaml(node, sample_rate, num_spks, header)
-    folder = _write_inference_folder(out_folder, yaml_text, state_dict, overwrite)
+    folder = _write_inference_folder(
+        out_folder, yaml_text, state_dict, overwrite
+    )
     logger.info(f"exported {ckpt_path} to {folder}")
     return {
         "folder": folder,
@@ -981,7 +989,9 @@ def save_inference_folder(
             "fix its argument reader in speechbrain_s4.inference"
         )
     return _write_inference_folder(
-        out_folder, yaml_text, {k: v.cpu() for k, v in state_dict.items()},
+        out_folder,
+        yaml_text,
+        {k: v.cpu() for k, v in state_dict.items()},
         overwrite,
     )
 

@@ -42,6 +42,15 @@ RATE = 8000
 VOICES = ("en_US_f_Allison", "it_IT_m_Carlo")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the box's two cores are shared (much faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def real_speech(seconds, rate=RATE):
     """[T, 2] float32: the first prompts of two Debian voices, unit std."""
     voices = find_voices(rate)
@@ -154,10 +163,19 @@ class IdealRatioMaskOracle(ScriptedChunks):
 
 @pytest.mark.parametrize(
     "length, chunk, overlap",
-    [(1, 10, 2), (10, 10, 2), (11, 10, 2), (25, 10, 2), (1001, 97, 13),
-     (500, 100, 50), (777, 64, 1)],
+    [
+        (1, 10, 2),
+        (10, 10, 2),
+        (11, 10, 2),
+        (25, 10, 2),
+        (1001, 97, 13),
+        (500, 100, 50),
+        (777, 64, 1),
+    ],
 )
-def test_chunk_bounds_tile_the_signal_with_fixed_overlap(length, chunk, overlap):
+def test_chunk_bounds_tile_the_signal_with_fixed_overlap(
+    length, chunk, overlap
+):
     bounds = chunk_bounds(length, chunk, overlap)
     assert bounds[0][0] == 0 and bounds[-1][1] == length
     covered = torch.zeros(length, dtype=torch.long)
@@ -289,9 +307,9 @@ def test_chunked_ideal_mask_oracle_matches_whole_file_on_real_speech():
     speech = real_speech(seconds=12.0)[None]  # [1, T, 2]
     mix = speech.sum(-1)
     whole_oracle = IdealRatioMaskOracle(mix, speech, [(0, mix.shape[1])])
-    whole = whole_oracle(mix)[..., torch.argsort(
-        torch.tensor(whole_oracle.permutations[0])
-    )]
+    whole = whole_oracle(mix)[
+        ..., torch.argsort(torch.tensor(whole_oracle.permutations[0]))
+    ]
     chunk, overlap = 2 * RATE, RATE // 4
     oracle = IdealRatioMaskOracle(
         mix, speech, chunk_bounds(mix.shape[1], chunk, overlap), seed=5
@@ -304,15 +322,6 @@ def test_chunked_ideal_mask_oracle_matches_whole_file_on_real_speech():
     assert abs(float(gain_chunked - gain_whole)) < 0.5
     # and the chunked output is the whole-file output up to small seams
     assert float(si_snr(whole, chunked)) > 25.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the box's two cores are shared (much faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +353,9 @@ def band_split_model(one_thread):
     generator = torch.Generator().manual_seed(0)
     crop = RATE // 2
     for _ in range(100):
-        starts = torch.randint(0, mix.shape[1] - crop, (4,), generator=generator)
+        starts = torch.randint(
+            0, mix.shape[1] - crop, (4,), generator=generator
+        )
         batch_mix = torch.stack([mix[0, s : s + crop] for s in starts])
         batch_src = torch.stack([sources[0, s : s + crop] for s in starts])
         loss = -si_snr(batch_src, model(batch_mix)).mean()

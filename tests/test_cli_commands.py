@@ -77,7 +77,9 @@ def perturbed(module, seed=0):
 def tiny_folder(tmp_path_factory):
     """An inference folder of a tiny perturbed S4M."""
     folder = tmp_path_factory.mktemp("model") / "tiny"
-    return save_inference_folder(perturbed(build("s4m-tiny", **TINY_S4M)), folder)
+    return save_inference_folder(
+        perturbed(build("s4m-tiny", **TINY_S4M)), folder
+    )
 
 
 # -- help and user errors ---------------------------------------------------------
@@ -128,7 +130,9 @@ def test_cli_user_errors_are_one_line(name, arguments, message, tmp_path):
 # -- real runs --------------------------------------------------------------------
 
 
-def test_cli_separate_writes_each_speaker_at_the_input_rate(tiny_folder, tmp_path):
+def test_cli_separate_writes_each_speaker_at_the_input_rate(
+    tiny_folder, tmp_path
+):
     generator = np.random.default_rng(0)
     mono = (0.1 * generator.standard_normal(4321)).astype(np.float32)
     stereo = (0.1 * generator.standard_normal((16000, 2))).astype(np.float32)
@@ -150,19 +154,26 @@ def test_cli_separate_writes_each_speaker_at_the_input_rate(tiny_folder, tmp_pat
     assert written == ["a_s1.wav", "a_s2.wav", "b_s1.wav", "b_s2.wav"]
     assert result.stdout.split() == [str(out / name) for name in written]
     model = S4Separation.from_hparams(tiny_folder, run_opts={"device": "cpu"})
-    for stem, suffix, rate, length in (("a", "wav", RATE, 4321), ("b", "flac", 16000, 16000)):
+    for stem, suffix, rate, length in (
+        ("a", "wav", RATE, 4321),
+        ("b", "flac", 16000, 16000),
+    ):
         expected = model.separate_file(tmp_path / f"{stem}.{suffix}")[0]
         for k in range(2):
             info = sf.info(str(out / f"{stem}_s{k + 1}.wav"))
             assert (info.samplerate, info.frames) == (rate, length)
             assert info.subtype == "FLOAT"  # not clipped to 16 bits
-            values, _ = sf.read(str(out / f"{stem}_s{k + 1}.wav"), dtype="float32")
+            values, _ = sf.read(
+                str(out / f"{stem}_s{k + 1}.wav"), dtype="float32"
+            )
             assert np.allclose(values, expected[:, k].numpy(), atol=1e-6)
     # the same name twice would overwrite: refused before any work
     (tmp_path / "sub").mkdir()
     sf.write(str(tmp_path / "sub" / "a.wav"), mono, RATE)
     clash = run_cli("separate", tmp_path / "a.wav", tmp_path / "sub" / "a.wav")
-    assert clash.returncode == 2 and "several inputs are named a" in clash.stderr
+    assert (
+        clash.returncode == 2 and "several inputs are named a" in clash.stderr
+    )
 
 
 def test_cli_export_turns_a_run_into_an_inference_folder(tmp_path):
@@ -192,7 +203,9 @@ def test_cli_export_turns_a_run_into_an_inference_folder(tmp_path):
     check_success(result)
     assert "exported S4M from" in result.stdout
     assert "(validation SI-SNR 7.25 dB)" in result.stdout
-    model = S4Separation.from_hparams(tmp_path / "model", run_opts={"device": "cpu"})
+    model = S4Separation.from_hparams(
+        tmp_path / "model", run_opts={"device": "cpu"}
+    )
     mix = torch.randn(2, 1500)
     with torch.no_grad():
         assert torch.equal(model.separate_batch(mix), separator(mix))
@@ -203,10 +216,14 @@ def test_cli_convert_reference_checkpoint(golden, tmp_path):
     checkpoint = tmp_path / "best_model.pth"
     torch.save({"state_dict": fixture["state_dict"]}, checkpoint)
     kwargs = [f"{key}={value}" for key, value in fixture["kwargs"].items()]
-    result = run_cli("convert", "s4m", checkpoint, tmp_path / "s4m", "--kwargs", *kwargs)
+    result = run_cli(
+        "convert", "s4m", checkpoint, tmp_path / "s4m", "--kwargs", *kwargs
+    )
     check_success(result)
     assert "(S4M)" in result.stdout
-    model = S4Separation.from_hparams(tmp_path / "s4m", run_opts={"device": "cpu"})
+    model = S4Separation.from_hparams(
+        tmp_path / "s4m", run_opts={"device": "cpu"}
+    )
     estimates = model.separate_batch(fixture["mixture"])
     reference = fixture["estimates_cauchy_conj"].transpose(1, 2)
     assert (estimates - reference).abs().max() <= 1e-5 * reference.abs().max()
@@ -218,15 +235,27 @@ def minimix_test_split(tmp_path_factory):
     missing = missing_packages(RATE)
     if missing:
         pytest.skip(
-            "Debian voice packages not installed: " + apt_install_command(missing)
+            "Debian voice packages not installed: "
+            + apt_install_command(missing)
         )
     out = tmp_path_factory.mktemp("minimix")
     result = run_cli(
-        "minimix", out, "--train", "2", "--valid", "1", "--test", "2",
-        "--prompts-per-voice", "4", "--no-progress",
+        "minimix",
+        out,
+        "--train",
+        "2",
+        "--valid",
+        "1",
+        "--test",
+        "2",
+        "--prompts-per-voice",
+        "4",
+        "--no-progress",
     )
     check_success(result)
-    assert result.stdout.strip() == f"8000 Hz: {out / 'wav8k' / 'metadata.json'}"
+    assert (
+        result.stdout.strip() == f"8000 Hz: {out / 'wav8k' / 'metadata.json'}"
+    )
     return out / "wav8k" / "test"
 
 
@@ -237,15 +266,23 @@ def read_table(stdout):
     rows = {}
     for line in lines[1:]:
         if len(line) == len(header):
-            rows[line[0]] = dict(zip(header[1:], map(float, line[1:])))
+            rows[line[0]] = dict(zip(header[1:], map(float, line[1:]), strict=True))
     return header, rows
 
 
-def test_cli_evaluate_scores_a_model_on_minimix(minimix_test_split, tiny_folder, tmp_path):
+def test_cli_evaluate_scores_a_model_on_minimix(
+    minimix_test_split, tiny_folder, tmp_path
+):
     split = minimix_test_split
     result = run_cli(
-        "evaluate", split / "mix_clean", split / "s1", split / "s2",
-        "--model", tiny_folder, "--csv", tmp_path / "results.csv",
+        "evaluate",
+        split / "mix_clean",
+        split / "s1",
+        split / "s2",
+        "--model",
+        tiny_folder,
+        "--csv",
+        tmp_path / "results.csv",
     )
     check_success(result)
     header, rows = read_table(result.stdout)
@@ -257,7 +294,9 @@ def test_cli_evaluate_scores_a_model_on_minimix(minimix_test_split, tiny_folder,
         mixture = torch.from_numpy(sf.read(str(path), dtype="float32")[0])
         targets = torch.stack(
             [
-                torch.from_numpy(sf.read(str(split / s / path.name), dtype="float32")[0])
+                torch.from_numpy(
+                    sf.read(str(split / s / path.name), dtype="float32")[0]
+                )
                 for s in ("s1", "s2")
             ],
             dim=-1,
@@ -266,7 +305,9 @@ def test_cli_evaluate_scores_a_model_on_minimix(minimix_test_split, tiny_folder,
             path.stem, mixture, targets, model.separate_file(path)[0], RATE
         )
         for column in header[1:]:
-            assert rows[path.stem][column] == pytest.approx(expected[column], abs=0.006)
+            assert rows[path.stem][column] == pytest.approx(
+                expected[column], abs=0.006
+            )
     with open(tmp_path / "results.csv", newline="") as handle:
         table = list(csv.reader(handle))
     assert table[0] == header and table[-1][0] == "avg"
@@ -279,11 +320,17 @@ def test_cli_evaluate_scores_separated_files(minimix_test_split, tmp_path):
     for path in sorted((split / "mix_clean").glob("*.wav")):
         # perfect estimates in swapped order: the permutation must not matter
         for k, source in ((1, "s2"), (2, "s1")):
-            data, rate = sf.read(str(split / source / path.name), dtype="float32")
+            data, rate = sf.read(
+                str(split / source / path.name), dtype="float32"
+            )
             sf.write(str(estimates / f"{path.stem}_s{k}.wav"), data, rate)
     result = run_cli(
-        "evaluate", split / "mix_clean", split / "s1", split / "s2",
-        "--estimates", estimates,
+        "evaluate",
+        split / "mix_clean",
+        split / "s1",
+        split / "s2",
+        "--estimates",
+        estimates,
     )
     check_success(result)
     _, rows = read_table(result.stdout)
@@ -293,6 +340,7 @@ def test_cli_evaluate_scores_separated_files(minimix_test_split, tmp_path):
     missing.unlink()
     with pytest.raises(FileNotFoundError, match=missing.name):
         evaluate_folders(
-            split / "mix_clean", [split / "s1", split / "s2"],
+            split / "mix_clean",
+            [split / "s1", split / "s2"],
             estimates_folder=estimates,
         )

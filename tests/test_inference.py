@@ -110,7 +110,9 @@ def tiny_model(tiny_folder):
 
 
 def write_wav(path, data, rate=RATE, subtype="FLOAT"):
-    sf.write(str(path), np.asarray(data, dtype=np.float32), rate, subtype=subtype)
+    sf.write(
+        str(path), np.asarray(data, dtype=np.float32), rate, subtype=subtype
+    )
     return path
 
 
@@ -129,12 +131,16 @@ def no_hub(monkeypatch):
     monkeypatch.setattr(fetching, "download_file", refuse)
 
 
-def test_from_hparams_missing_folder_raises_without_hub_lookup(tmp_path, no_hub):
+def test_from_hparams_missing_folder_raises_without_hub_lookup(
+    tmp_path, no_hub
+):
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         S4Separation.from_hparams(missing, savedir=tmp_path / "save")
     # a hub-like id is not looked up either
-    with pytest.raises(FileNotFoundError, match="speechbrain/sepformer-wsj02mix"):
+    with pytest.raises(
+        FileNotFoundError, match="speechbrain/sepformer-wsj02mix"
+    ):
         S4Separation.from_hparams("speechbrain/sepformer-wsj02mix")
 
 
@@ -164,7 +170,9 @@ def test_bundled_model_lookup_by_name(tiny_folder, tmp_path, monkeypatch):
     assert model_folder() == tmp_path / "pretrained" / "s4m-tiny-minimix"
     model = S4Separation.from_hparams(run_opts={"device": "cpu"})
     mix = torch.randn(1, 700)
-    reference = S4Separation.from_hparams(tiny_folder, run_opts={"device": "cpu"})
+    reference = S4Separation.from_hparams(
+        tiny_folder, run_opts={"device": "cpu"}
+    )
     assert torch.equal(model.separate_batch(mix), reference.separate_batch(mix))
 
 
@@ -260,7 +268,9 @@ def trained_run(tmp_path_factory):
         patch.syspath_prepend(str(ROOT))
         patch.chdir(ROOT)
         patch.setattr(sys, "excepthook", sys.excepthook)  # SB replaces it
-        spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
+        spec = importlib.util.spec_from_file_location(
+            "train", ROOT / "train.py"
+        )
         train = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(train)
         train.main(
@@ -424,7 +434,9 @@ def test_convert_reference_s4m_checkpoint_reproduces_its_outputs(
         **fixture["kwargs"],
     )
     assert info["arguments"]["topdown"] == "faithful"
-    model = S4Separation.from_hparams(tmp_path / "s4m", run_opts={"device": "cpu"})
+    model = S4Separation.from_hparams(
+        tmp_path / "s4m", run_opts={"device": "cpu"}
+    )
     estimates = model.separate_batch(fixture["mixture"])  # [1, T, S]
     name = "estimates_cauchy_conj" if conj_symmetric else "estimates"
     reference = fixture[name].transpose(1, 2)
@@ -449,8 +461,12 @@ def test_convert_reference_spmamba_checkpoint_reproduces_its_outputs(
     fixture = golden("perturbed_tiny_io")["spmamba_tiny"]
     checkpoint = tmp_path / "spmamba.pth"
     torch.save(fixture["state_dict"], checkpoint)
-    convert_checkpoint("spmamba", checkpoint, tmp_path / "sp", **fixture["kwargs"])
-    model = S4Separation.from_hparams(tmp_path / "sp", run_opts={"device": "cpu"})
+    convert_checkpoint(
+        "spmamba", checkpoint, tmp_path / "sp", **fixture["kwargs"]
+    )
+    model = S4Separation.from_hparams(
+        tmp_path / "sp", run_opts={"device": "cpu"}
+    )
     estimates = model.separate_batch(fixture["mixture"])
     reference = fixture["estimates"].transpose(1, 2)
     assert (estimates - reference).abs().max() <= 1e-5 * reference.abs().max()
@@ -473,7 +489,9 @@ def test_output_comes_at_the_input_rate(tiny_model, tmp_path):
     path = write_wav(tmp_path / "wide.wav", mixture, rate=16000)
     estimates = tiny_model.separate_file(path)
     assert estimates.shape == (1, 16007, 2)
-    at_model_rate = tiny_model.separate_batch(resample(mixture[None], 16000, RATE))
+    at_model_rate = tiny_model.separate_batch(
+        resample(mixture[None], 16000, RATE)
+    )
     back = resample(at_model_rate.transpose(1, 2), RATE, 16000).transpose(1, 2)
     assert torch.allclose(estimates, back[:, :16007], atol=1e-6)
 
@@ -491,7 +509,9 @@ def test_non_finite_samples_raise_naming_the_file(tiny_model, tmp_path, bad):
     mixture = torch.randn(800) * 0.1
     mixture[400] = bad
     path = write_wav(tmp_path / "broken.wav", mixture)
-    with pytest.raises(ValueError, match=r"broken\.wav contains 1 NaN/infinite"):
+    with pytest.raises(
+        ValueError, match=r"broken\.wav contains 1 NaN/infinite"
+    ):
         tiny_model.separate_file(path)
     with pytest.raises(ValueError, match="NaN/infinite"):
         tiny_model.separate_batch(mixture[None])
@@ -514,7 +534,9 @@ def test_empty_unreadable_and_missing_files_raise(tiny_model, tmp_path):
 
 
 def test_all_zero_input_gives_zeros(tiny_model, tmp_path):
-    path = write_wav(tmp_path / "silence.wav", np.zeros((3000, 2)), subtype="PCM_16")
+    path = write_wav(
+        tmp_path / "silence.wav", np.zeros((3000, 2)), subtype="PCM_16"
+    )
     estimates = tiny_model.separate_file(path)
     assert estimates.shape == (1, 3000, 2)
     assert torch.equal(estimates, torch.zeros_like(estimates))
@@ -522,7 +544,9 @@ def test_all_zero_input_gives_zeros(tiny_model, tmp_path):
     batch = torch.stack([torch.zeros(900), torch.randn(900)])
     out = tiny_model.separate_batch(batch)
     assert torch.equal(out[0], torch.zeros(900, 2))
-    assert torch.allclose(out[1], tiny_model.separate_batch(batch[1:])[0], atol=1e-6)
+    assert torch.allclose(
+        out[1], tiny_model.separate_batch(batch[1:])[0], atol=1e-6
+    )
     assert bool(torch.isfinite(out).all())
 
 
