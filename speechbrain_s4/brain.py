@@ -97,7 +97,7 @@ def flatten_hparams(
     (0.1, 0.1)
     """
     flat = dict(hparams)
-    origin = {key: "the top level" for key in hparams}
+    origin = dict.fromkeys(hparams, "the top level")
     for section in sections:
         for key, value in hparams.get(section, {}).items():
             if key in flat and not _same(flat[key], value):
@@ -506,9 +506,7 @@ class Separation(sb.Brain):
                     {f"avg {k}": v for k, v in average.items() if k != "snt_id"}
                 )
             self.hparams.train_logger.log_stats(
-                stats_meta={
-                    "Epoch loaded": self.hparams.epoch_counter.current
-                },
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
                 test_stats=stage_stats,
             )
 

@@ -402,14 +402,20 @@ def dynamic_mixing_dataset(
                 random_offset(length, num_samples),
                 num_samples,
             )
-            for path, length in zip(files, lengths)
+            for path, length in zip(files, lengths, strict=True)
         ]
         num_samples = min(signal.shape[0] for signal in signals)
         signals = [signal[:num_samples] for signal in signals]
 
         levels = _draw_levels(num_spks, first_level_db, relative_level_db)
         sources = torch.stack(
-            [set_level(s, lvl) for s, lvl in zip(signals, levels)], dim=-1
+            [
+                set_level(source, level)
+                for source, level in zip(
+                    signals[:num_spks], levels, strict=True
+                )
+            ],
+            dim=-1,
         )  # [T, S]
         mixture = sources.sum(dim=-1)  # [T]
         noise = None

@@ -48,6 +48,7 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 # --------------------------------------------------------------------------
 # helpers
 
@@ -89,17 +90,17 @@ class Gains(torch.nn.Module):
 
 
 def make_brain(tmp_path, separator, opt_class=None, run_opts=None, **hparams):
-    values = dict(
-        sample_rate=8000,
-        loss=get_si_snr_with_pitwrapper,
-        threshold_byloss=True,
-        threshold=-30,
-        use_speedperturb=False,
-        lr_scheduler=ReduceLROnPlateau(),
-        epoch_counter=EpochCounter(1),
-        train_logger=FileTrainLogger(str(tmp_path / "train_log.txt")),
-        output_folder=str(tmp_path),
-    )
+    values = {
+        "sample_rate": 8000,
+        "loss": get_si_snr_with_pitwrapper,
+        "threshold_byloss": True,
+        "threshold": -30,
+        "use_speedperturb": False,
+        "lr_scheduler": ReduceLROnPlateau(),
+        "epoch_counter": EpochCounter(1),
+        "train_logger": FileTrainLogger(str(tmp_path / "train_log.txt")),
+        "output_folder": str(tmp_path),
+    }
     values.update(hparams)
     options = {"device": "cpu", "noprogressbar": True}
     options.update(run_opts or {})
@@ -114,7 +115,7 @@ def make_brain(tmp_path, separator, opt_class=None, run_opts=None, **hparams):
 
 def batch_of(mixtures, targets, noise=None):
     items = []
-    for index, (mix, target) in enumerate(zip(mixtures, targets)):
+    for index, (mix, target) in enumerate(zip(mixtures, targets, strict=True)):
         item = {"id": f"u{index}", "mix_sig": mix, "targets": target}
         if noise is not None:
             item["noise_sig"] = noise[index]
@@ -202,7 +203,10 @@ def test_clipping_covers_every_parameter_group(tmp_path):
     separator.gain.grad = torch.tensor([30.0, 40.0])  # group 1, norm 50
     separator.other.grad = torch.tensor([120.0])  # group 0, norm 120
     brain.optimizers_step()
-    steps = [b - p.detach() for b, p in zip(before, separator.parameters())]
+    steps = [
+        b - p.detach()
+        for b, p in zip(before, separator.parameters(), strict=True)
+    ]
     total = math.sqrt(sum(float((s**2).sum()) for s in steps))
     assert total == pytest.approx(1.0, rel=1e-5)  # = clipped gradient norm
     # the direction is kept: every group scaled by the same factor 1/130
@@ -232,16 +236,21 @@ def test_gradient_accumulation_steps_once_with_the_mean_gradient(tmp_path):
         batches.append(batch_of(list(mix), list(targets)))
         loss = get_si_snr_with_pitwrapper(targets, reference(mix)).mean()
         grads = torch.autograd.grad(loss / 2, list(reference.parameters()))
-        expected = [e + g for e, g in zip(expected, grads)]
+        expected = [e + g for e, g in zip(expected, grads, strict=True)]
     start = [p.detach().clone() for p in separator.parameters()]
     brain.step = 1
     brain.fit_batch(batches[0])  # accumulate
     assert brain.optimizer_step == 0
-    assert all(torch.equal(p, s) for p, s in zip(separator.parameters(), start))
+    assert all(
+        torch.equal(p, s)
+        for p, s in zip(separator.parameters(), start, strict=True)
+    )
     brain.step = 2
     brain.fit_batch(batches[1])  # step
     assert brain.optimizer_step == 1
-    for param, begin, grad in zip(separator.parameters(), start, expected):
+    for param, begin, grad in zip(
+        separator.parameters(), start, expected, strict=True
+    ):
         torch.testing.assert_close(param.detach(), begin - 0.1 * grad)
 
 
@@ -263,7 +272,7 @@ def test_nonfinite_loss_skips_the_update_and_training_goes_on(tmp_path):
     for _ in range(brain.nonfinite_patience + 2):  # SpeechBrain would raise
         loss = brain.fit_batch(bad)
         assert not torch.isfinite(loss)
-    for param, old in zip(separator.parameters(), before):
+    for param, old in zip(separator.parameters(), before, strict=True):
         assert torch.equal(param.detach(), old)  # untouched
     assert brain.skipped_steps == brain.nonfinite_patience + 2
     assert brain.nonfinite_count == brain.nonfinite_patience + 2

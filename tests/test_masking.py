@@ -104,7 +104,7 @@ def test_masking_separator_matches_recipe_forward(build, num_spks, length):
     grads_ref = torch.autograd.grad(
         (expected * weights).sum(), [mix, *separator.parameters()]
     )
-    for grad, grad_ref in zip(grads, grads_ref):
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(grad, grad_ref)
     assert separator.num_spks == num_spks and separator.sample_rate == 8000
 

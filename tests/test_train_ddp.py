@@ -25,9 +25,9 @@ from test_train_layouts import (
 def test_torchrun_two_processes_share_one_epoch(tmp_path):
     data_folder = make_fake_layout("wsj0mix", tmp_path / "data", num_files=4)
     output = tmp_path / "out"
-    args = train_args(
-        "sepformer_wsj0mix", data_folder, output, "sepformer"
-    ) + ["--distributed_backend=gloo"]
+    args = train_args("sepformer_wsj0mix", data_folder, output, "sepformer") + [
+        "--distributed_backend=gloo"
+    ]
     result = subprocess.run(
         [
             sys.executable,
