@@ -249,7 +249,8 @@ def _load_hparams(path: Path, overrides=None) -> dict:
             f"{path} lacks the key(s) {', '.join(missing)} of an inference "
             "folder (separator, sample_rate, num_spks, modules, pretrainer)"
         )
-    separator = hparams["modules"].get("separator")
+    modules = hparams["modules"]
+    separator = modules.get("separator") if isinstance(modules, dict) else None
     if not isinstance(separator, nn.Module):
         raise ValueError(f"{path}: modules.separator must be a torch module")
     for key in ("sample_rate", "num_spks"):
@@ -627,6 +628,27 @@ class S4Separation(Pretrained):
             estimates.transpose(1, 2), self.sample_rate, file_rate
         ).transpose(1, 2)  # [1, T', S]
         return fit_length(estimates, mixture.shape[0])  # [1, T_file, S]
+
+    def load_audio(self, path, savedir=None) -> torch.Tensor:
+        """Read a local audio file as the model's input (offline).
+
+        Replaces SpeechBrain's version, which may fetch ``path`` from the
+        web or the HuggingFace Hub and downmixes differently.
+
+        Arguments
+        ---------
+        path : str or os.PathLike
+            A local audio file.
+        savedir : None
+            Accepted for SpeechBrain compatibility; nothing is fetched.
+
+        Returns
+        -------
+        torch.Tensor
+            [T'] mono mixture resampled to ``sample_rate``, on ``device``.
+        """
+        mixture, rate = read_mixture(path)
+        return resample(mixture, rate, self.sample_rate).to(self.device)
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`separate_batch`."""

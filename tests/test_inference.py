@@ -496,6 +496,16 @@ def test_output_comes_at_the_input_rate(tiny_model, tmp_path):
     assert torch.allclose(estimates, back[:, :16007], atol=1e-6)
 
 
+def test_load_audio_reads_locally_at_the_model_rate(tiny_model, tmp_path):
+    stereo = torch.randn(16000, 2) * 0.1
+    path = write_wav(tmp_path / "in.wav", stereo, rate=16000)
+    audio = tiny_model.load_audio(path)
+    expected = resample(stereo.mean(1), 16000, RATE)
+    assert audio.shape == (8000,) and torch.allclose(audio, expected)
+    with pytest.raises(FileNotFoundError):
+        tiny_model.load_audio("https://example.com/mixture.wav")
+
+
 def test_separate_file_is_not_normalised(tiny_model, tmp_path):
     mixture = torch.randn(1200) * 0.01
     path = write_wav(tmp_path / "quiet.wav", mixture)
