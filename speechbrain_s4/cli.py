@@ -75,7 +75,11 @@ def _benchmark_arguments(parser):
     )
     sizes.add_argument("--s4-state", type=int, default=16, help="S4 state size N")
     parser.add_argument(
-        "--threads", type=int, default=2, help="intra-op CPU threads (fixed)"
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op CPU threads, fixed for the whole run (default 1: "
+        "reproducible on a shared machine)",
     )
     parser.add_argument(
         "--repeats", type=int, default=5, help="timed repeats of fast kernels"
