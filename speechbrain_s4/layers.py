@@ -167,7 +167,8 @@ def depthwise_conv1d(conv: nn.Conv1d, x):
     summing shifted copies. Those two cases are therefore computed as a
     per-channel scale and as a sum of ``kernel_size`` shifted products; other
     strides use the library convolution. The results are the same up to
-    float round-off.
+    float round-off. With autograd on, stride-1 kernels longer than 1 use the
+    library convolution, whose backward is faster.
 
     Arguments
     ---------
@@ -190,7 +191,12 @@ def depthwise_conv1d(conv: nn.Conv1d, x):
     True
     """
     (k,), (stride,), (pad,) = conv.kernel_size, conv.stride, conv.padding
-    if stride != 1 or x.device.type != "cpu":
+    if k == 1 and stride == 1:
+        out = x * conv.weight[:, 0]  # [B, C, L]
+        return out if conv.bias is None else out + conv.bias[:, None]
+    if stride != 1 or x.device.type != "cpu" or torch.is_grad_enabled():
+        # the shifted sum's backward (k slices, k products) is slower than
+        # the library's; it only pays off for inference
         return conv(x)
     weight = conv.weight[:, 0]  # [C, k]
     length = x.shape[-1] + 2 * pad - k + 1

@@ -63,7 +63,7 @@ from speechbrain_s4.layers import (
     frame_mask,
 )
 from speechbrain_s4.models.masking import MaskingSeparator
-from speechbrain_s4.ssm import S4
+from speechbrain_s4.ssm import S4, shared_kernels
 
 __all__ = [
     "S4M",
@@ -524,10 +524,12 @@ class S4MMaskNet(nn.Module):
         x0 = self.bottleneck(self.norm(features, mask))  # [B, C, L]
         if mask is not None:
             x0 = x0 * mask
-        x = self.block(x0, lengths)
         scale, act = self.unroll
-        for _ in range(self.num_blocks - 1):
-            x = self.block(act(depthwise_conv1d(scale, x0 + x)), lengths)
+        # the passes share weights, hence S4 kernels: compute each once
+        with shared_kernels(self.block):
+            x = self.block(x0, lengths)
+            for _ in range(self.num_blocks - 1):
+                x = self.block(act(depthwise_conv1d(scale, x0 + x)), lengths)
         masks = F.relu(self.mask(x).view(B, self.num_spks, N, L))
         return masks.transpose(0, 1)  # [S, B, N, L]
 

@@ -12,6 +12,7 @@ _EXPORTS = {
     "S4": "s4",
     "DPLRKernel": "s4_kernel",
     "DiagonalKernel": "s4_kernel",
+    "shared_kernels": "s4_kernel",
     "fft_conv": "fftconv",
     "selective_scan": "scan",
     "selective_scan_ref": "scan",

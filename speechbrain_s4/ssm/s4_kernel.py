@@ -35,6 +35,7 @@ Authors
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 
@@ -44,6 +45,7 @@ from torch import nn
 __all__ = [
     "DPLRKernel",
     "DiagonalKernel",
+    "shared_kernels",
     "dplr_bilinear",
     "hippo_legs",
     "hippo_legs_dplr",
@@ -423,6 +425,43 @@ def _channel_chunks(w_shape: torch.Size, num_freqs: int):
 # ---------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def shared_kernels(module: nn.Module):
+    """Compute every SSM kernel inside ``module`` once per length in a block.
+
+    A weight-shared network (S4M runs one block 16 times per forward) would
+    otherwise recompute the same kernel, and in training backpropagate
+    through it, on every pass. Inside the ``with`` block each kernel keeps
+    the taps it computed for a length and returns them again; autograd then
+    accumulates the gradients of all uses through one kernel graph. The memo
+    ends with the block, so parameters updated later are always seen.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The network whose kernels are shared (searched recursively).
+
+    Example
+    -------
+    >>> kernel = DiagonalKernel(4, 8)
+    >>> with shared_kernels(kernel):
+    ...     kernel(10) is kernel(10)
+    True
+    """
+    kernels = [
+        m
+        for m in module.modules()
+        if isinstance(m, _SSMKernel) and m._call_memo is None
+    ]
+    for kernel in kernels:
+        kernel._call_memo = {}
+    try:
+        yield
+    finally:
+        for kernel in kernels:
+            kernel._call_memo = None
+
+
 class _SSMKernel(nn.Module):
     """Plumbing shared by the kernels: optimiser hints, eval-mode cache.
 
@@ -439,6 +478,7 @@ class _SSMKernel(nn.Module):
         super().__init__()
         self._cached_kernel = None  # (key, taps [C, H, L]); not state
         self._step_cache = None  # (signature, tensors for step()); not state
+        self._call_memo = None  # {key: taps} inside ``shared_kernels``
 
     def _register_ssm_parameter(
         self, name: str, tensor: torch.Tensor, lr: float | None
@@ -475,6 +515,14 @@ class _SSMKernel(nn.Module):
             [C, H, L]
         """
         length = _check_length(length)
+        if self._call_memo is not None:
+            key = (length, self.log_dt.device, self.log_dt.dtype)
+            if key not in self._call_memo:
+                self._call_memo[key] = self._cached_or_new(length)
+            return self._call_memo[key]
+        return self._cached_or_new(length)
+
+    def _cached_or_new(self, length: int) -> torch.Tensor:
         if self.training or torch.is_grad_enabled():
             return self._kernel(length)
         reference = self.log_dt

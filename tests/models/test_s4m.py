@@ -189,3 +189,26 @@ def test_s4m_lobes_load_from_hyperpyyaml():
 def test_build_rejects_unknown_name_listing_valid_ones():
     with pytest.raises(ValueError, match="s4m-tiny"):
         build("s4m-huge")
+
+
+def test_s4m_shared_kernels_match_recomputed_gradients():
+    """Sharing the S4 kernel across passes leaves outputs and grads as-is."""
+    import contextlib
+
+    import speechbrain_s4.models.s4m as s4m_module
+
+    torch.manual_seed(3)
+    model = tiny_s4m(decoder_s4=True)
+    mix = torch.randn(2, 900)
+    model(mix).pow(2).mean().backward()
+    shared = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    original = s4m_module.shared_kernels
+    # without sharing: every pass computes its own kernel
+    s4m_module.shared_kernels = lambda module: contextlib.nullcontext()
+    try:
+        model(mix).pow(2).mean().backward()
+    finally:
+        s4m_module.shared_kernels = original
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, shared[name], rtol=1e-4, atol=1e-6)
