@@ -168,10 +168,19 @@ def test_rmsnorm_matches_formula_in_float32():
     assert_close_to_peak(half.double(), expected, 2**-7, "rmsnorm bf16")
 
 
-@pytest.mark.parametrize("backend", ["torch", "ref"])
-def test_mamba_matches_mamba_ssm_slow_path(backend):
+@pytest.mark.parametrize(
+    "backend, options",
+    [
+        ("torch", {}),
+        ("ref", {}),
+        ("torch", {"bias": True, "conv_bias": False, "dt_rank": 3}),
+        ("torch", {"d_conv": 2, "expand": 3}),
+    ],
+)
+def test_mamba_matches_mamba_ssm_slow_path(backend, options):
     torch.manual_seed(0)
-    mixer = perturb_(Mamba(16, d_state=4, expand=2, backend=backend)).double()
+    options = {"d_state": 4, "expand": 2, **options}
+    mixer = perturb_(Mamba(16, backend=backend, **options)).double()
     x = torch.randn(2, 23, 16, dtype=torch.float64)
     assert_close_to_peak(
         mixer(x), mamba_ssm_slow_path(mixer, x), 1e-12, "mixer"
