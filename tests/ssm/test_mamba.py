@@ -180,11 +180,11 @@ def test_rmsnorm_matches_formula_in_float32():
 def test_mamba_matches_mamba_ssm_slow_path(backend, options):
     torch.manual_seed(0)
     options = {"d_state": 4, "expand": 2, **options}
-    mixer = perturb_(Mamba(16, backend=backend, **options)).double()
-    x = torch.randn(2, 23, 16, dtype=torch.float64)
-    assert_close_to_peak(
-        mixer(x), mamba_ssm_slow_path(mixer, x), 1e-12, "mixer"
-    )
+    mixer = perturb_(Mamba(16, backend=backend, **options))
+    x = torch.randn(2, 23, 16)
+    # float32: PyTorch's float64 depthwise Conv1d takes ~1 s per call on CPU
+    expected = mamba_ssm_slow_path(mixer, x)
+    assert_close_to_peak(mixer(x), expected, 1e-5, "mixer")
 
 
 def test_mamba_step_by_step_equals_forward():
