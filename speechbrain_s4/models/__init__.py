@@ -21,6 +21,11 @@ __all__ = ["build", "MODEL_NAMES"]
 _REGISTRY = {
     "s4m-tiny": ("speechbrain_s4.models.s4m", "S4M", {"decoder_s4": False}),
     "s4m": ("speechbrain_s4.models.s4m", "S4M", {"decoder_s4": True}),
+    "s4m-tiny-causal": (
+        "speechbrain_s4.models.s4m_causal",
+        "CausalS4M",
+        {"decoder_s4": False},
+    ),
 }
 
 MODEL_NAMES = tuple(_REGISTRY)
