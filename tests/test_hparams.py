@@ -32,6 +32,13 @@ TINY = {
         "depth": 2,
         "d_state": 4,
     },
+    "s4m-tiny-causal": {
+        "hidden_channels": 16,
+        "bottleneck_channels": 8,
+        "num_blocks": 2,
+        "depth": 2,
+        "d_state": 4,
+    },
     "sepformer": {
         "encoder_filters": 8,
         "num_layers": 1,
@@ -49,8 +56,9 @@ TINY = {
     },
 }
 
-#: the models and datasets the recipes cover (brief: 4 x 7 files)
-MODELS = ("sepformer", "s4m-tiny", "s4m", "spmamba")
+#: the models and datasets the recipes cover (4 x 7 files in the brief,
+#: plus the causal S4M-tiny)
+MODELS = ("sepformer", "s4m-tiny", "s4m", "s4m-tiny-causal", "spmamba")
 DATASETS = (
     "wsj0mix",
     "librimix",
