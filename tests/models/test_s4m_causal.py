@@ -428,11 +428,13 @@ def test_rtf_benchmark_reports_every_chunk_size():
     rows = rtf_benchmark(
         chunk_ms=[10, 32], seconds=0.2, threads=1, warmup_chunks=1, **TINY
     )
-    assert [row["chunk_samples"] for row in rows] == [80, 256]
+    assert [row["chunk_samples"] for row in rows] == [80, 256, 1600]
+    assert [row["chunk_ms"] for row in rows] == [10.0, 32.0, None]
     for row in rows:
         assert row["chunks"] >= 1 and row["rtf_p95"] >= 0
-        assert row["rtf_mean"] == pytest.approx(
-            row["ms_mean"] / row["chunk_ms"]
-        )
-    table = format_rtf_table(rows)
-    assert len(table.splitlines()) == 3 and "RTF p95" in table
+        assert row["cpu_rtf"] >= 0 and row["threads"] == 1
+        duration_ms = 1000 * row["chunk_samples"] / 8000
+        assert row["rtf_mean"] == pytest.approx(row["ms_mean"] / duration_ms)
+    table = format_rtf_table(rows).splitlines()
+    assert len(table) == 5 and "RTF p95" in table[1]
+    assert table[-1].split()[0] == "offline"
