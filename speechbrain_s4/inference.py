@@ -512,7 +512,9 @@ class S4Separation(Pretrained):
     def separate_batch(self, mix: torch.Tensor) -> torch.Tensor:
         """Separate a batch of mixtures in one pass.
 
-        Gradients flow to ``mix`` if it requires them (as in SpeechBrain).
+        Gradients flow to ``mix`` if it requires them, and to the parameters
+        if they are not frozen (as in SpeechBrain); otherwise the pass runs
+        under ``torch.no_grad`` (less memory, cached S4 kernels).
 
         Arguments
         ---------
@@ -526,7 +528,12 @@ class S4Separation(Pretrained):
             zeros; mixtures shorter than the model accepts are zero-padded
             for the model and trimmed back.
         """
-        return self._separate(self._check_batch(mix))
+        mix = self._check_batch(mix)
+        needs_grad = mix.requires_grad or any(
+            param.requires_grad for param in self.mods.parameters()
+        )
+        with torch.set_grad_enabled(needs_grad and torch.is_grad_enabled()):
+            return self._separate(mix)
 
     def separate_long(
         self,

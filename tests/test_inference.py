@@ -579,6 +579,21 @@ def test_input_shorter_than_the_model_minimum_is_padded(tmp_path):
     assert model.separate_file(path).shape == (1, 5, 2)
 
 
+def test_separate_batch_passes_gradients_to_the_input(tiny_folder):
+    frozen = S4Separation.from_hparams(tiny_folder, run_opts={"device": "cpu"})
+    mix = torch.randn(1, 800, requires_grad=True)
+    frozen.separate_batch(mix).square().sum().backward()
+    assert mix.grad is not None and bool(mix.grad.abs().sum() > 0)
+    assert all(p.grad is None for p in frozen.mods.parameters())
+    trainable = S4Separation.from_hparams(
+        tiny_folder, run_opts={"device": "cpu"}, freeze_params=False
+    )
+    trainable.separate_batch(torch.randn(1, 800)).square().sum().backward()
+    grads = [p.grad for p in trainable.mods.parameters()]
+    assert all(g is not None for g in grads)
+    assert not frozen.separate_batch(torch.randn(1, 800)).requires_grad
+
+
 def test_separate_batch_rejects_wrong_shapes(tiny_model):
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         tiny_model.separate_batch(torch.randn(800))
