@@ -32,6 +32,8 @@ setup(
         "fast_bss_eval>=0.1.4",
         "tqdm",
         "matplotlib>=3.7",
+        # builds the fused C++ CPU selective scan on first use
+        "ninja",
     ],
     extras_require={
         "test": ["pytest>=7", "mir_eval>=0.7", "scipy", "av>=11"],
