@@ -893,9 +893,9 @@ class CausalS4M(nn.Module):
     Example
     -------
     >>> model = CausalS4M(hidden_channels=16, bottleneck_channels=8,
-    ...                   num_blocks=2)
-    >>> model(torch.randn(2, 4000)).shape
-    torch.Size([2, 4000, 2])
+    ...                   num_blocks=1)
+    >>> model(torch.randn(2, 1000)).shape
+    torch.Size([2, 1000, 2])
     >>> model.latency_ms
     3.875
     """
@@ -981,7 +981,7 @@ class CausalS4M(nn.Module):
         Example
         -------
         >>> model = CausalS4M(hidden_channels=16, bottleneck_channels=8,
-        ...                   num_blocks=2).eval()
+        ...                   num_blocks=1).eval()
         >>> stream = model.stream()
         >>> stream.push(torch.randn(1, 80)).shape  # 10 ms at 8 kHz
         torch.Size([1, 56, 2])
@@ -1016,12 +1016,12 @@ class CausalS4MStream:
     Example
     -------
     >>> model = CausalS4M(hidden_channels=16, bottleneck_channels=8,
-    ...                   num_blocks=2).eval()
+    ...                   num_blocks=1).eval()
     >>> stream = model.stream()
-    >>> chunks = torch.randn(1, 1000).split(128, dim=-1)
+    >>> chunks = torch.randn(1, 500).split(128, dim=-1)
     >>> out = [stream.push(chunk) for chunk in chunks]
     >>> torch.cat(out + [stream.flush()], dim=1).shape
-    torch.Size([1, 1000, 2])
+    torch.Size([1, 500, 2])
     """
 
     def __init__(self, model: CausalS4M):
@@ -1175,8 +1175,9 @@ def rtf_benchmark(
 
     Example
     -------
-    >>> rows = rtf_benchmark(chunk_ms=[16], seconds=0.1, num_blocks=1,
-    ...                      hidden_channels=16, bottleneck_channels=8)
+    >>> rows = rtf_benchmark(chunk_ms=[16], seconds=0.1, threads=1,
+    ...                      num_blocks=1, hidden_channels=16,
+    ...                      bottleneck_channels=8)
     >>> [row["chunk_ms"] for row in rows]
     [16.0, None]
     """
