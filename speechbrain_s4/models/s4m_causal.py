@@ -876,7 +876,8 @@ class CausalS4M(nn.Module):
     num_spks : int
         S.
     kernel_ms : float
-        Encoder window in ms (4: the paper's); it is also the latency.
+        Encoder window in ms (4: the paper's); the latency is this window
+        minus one sample.
     bottleneck_channels : int
         C (128).
     hidden_channels : int

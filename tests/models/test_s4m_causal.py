@@ -342,6 +342,8 @@ def test_causal_s4m_padded_batch_matches_single_items():
 # ---------------------------------------------------------------------------
 def test_causal_s4m_stream_rejects_misuse():
     model = tiny_causal()
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        model(torch.randn(100))
     with pytest.raises(RuntimeError, match="eval"):
         model.stream()
     model.eval()
