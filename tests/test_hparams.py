@@ -153,12 +153,28 @@ def test_model_file_builds_alone(model_file):
     check_separator(hparams["separator"], 16000, 3)
 
 
-def test_sepformer_file_has_speechbrains_recipe_size():
-    # (SpeechBrain's Conv-TasNet MaskNet takes ~15 s to build at the recipe
-    # size, too slow for a unit test; its sizes are read back instead)
-    with open(HPARAMS / "models" / "sepformer.yaml") as handle:
-        separator = load_hyperpyyaml(handle)["separator"]
-    assert sum(p.numel() for p in separator.parameters()) == 25_679_361
+@pytest.mark.parametrize(
+    "model_file, sample_rate, parameters",
+    [
+        ("sepformer", 8000, 25_679_361),  # SpeechBrain's WSJ0Mix recipe
+        ("s4m-tiny", 8000, 1_828_967),  # MODELS.md §4.8
+        ("s4m-tiny", 16000, 1_843_015),
+        ("s4m", 8000, 3_533_927),
+        ("s4m", 16000, 3_547_975),
+    ],
+)
+def test_model_files_have_the_published_sizes(
+    model_file, sample_rate, parameters
+):
+    with open(HPARAMS / "models" / f"{model_file}.yaml") as handle:
+        hparams = load_hyperpyyaml(handle, {"sample_rate": sample_rate})
+    separator = hparams["separator"]
+    assert sum(p.numel() for p in separator.parameters()) == parameters
+
+
+def test_convtasnet_file_has_speechbrains_recipe_sizes():
+    # SpeechBrain's Conv-TasNet MaskNet takes ~15 s to build at the recipe
+    # size, too slow for a unit test: its sizes are read back instead
     with open(HPARAMS / "models" / "convtasnet.yaml") as handle:
         text = handle.read()
     sizes = dict(re.findall(r"^(\w+): (\w+)", text, re.M))
