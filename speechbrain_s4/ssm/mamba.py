@@ -40,6 +40,12 @@ __all__ = ["BiMamba", "Block", "Mamba", "RMSNorm"]
 
 DT_INITS = ("random", "constant")
 
+# BiMamba splits its batch into groups of sequences whose [B, L, 2 D]
+# tensors hold about this many elements (2 MB in float32): small enough to
+# be reused by the allocator instead of page-faulted in, large enough for
+# efficient matmuls.
+_GROUP_ELEMENTS = 2**19
+
 
 def _at_least_float32(tensor):
     """float32 for half tensors, unchanged for float32/float64."""
@@ -294,6 +300,11 @@ def _run_mixers(mixers, inputs):
     with the two directions of a BiMamba it replaces two scans by one, which
     halves the number of time steps the CPU scan runs.
 
+    Without autograd, the per-mixer projections write straight into the
+    stacked tensors (matmuls into strided column blocks), which saves the
+    copies that stacking costs; with autograd the same values are stacked
+    with ``torch.cat``.
+
     Arguments
     ---------
     mixers : list of Mamba
@@ -306,6 +317,48 @@ def _run_mixers(mixers, inputs):
     list of torch.Tensor
         K outputs [B, L, d].
     """
+    first, K = mixers[0], len(mixers)
+    needs_grad = torch.is_grad_enabled() and (
+        any(x.requires_grad for x in inputs)
+        or any(p.requires_grad for m in mixers for p in m.parameters())
+    )
+    if needs_grad or torch.is_autocast_enabled(inputs[0].device.type):
+        x, z, dt, B, C = _projections_autograd(mixers, inputs)
+    else:
+        x, z, dt, B, C = _projections_inference(mixers, inputs)
+    # x, z, dt [B, L, K D]; B, C [B, L, K, N]
+    A = -torch.exp(torch.cat([_at_least_float32(m.A_log) for m in mixers]))
+    y = selective_scan(
+        x.transpose(1, 2),  # [B, K D, L] views of channels-last data
+        dt.transpose(1, 2),
+        A,  # [K D, N]
+        B.permute(0, 2, 3, 1) if K > 1 else B[:, :, 0].transpose(1, 2),
+        C.permute(0, 2, 3, 1) if K > 1 else C[:, :, 0].transpose(1, 2),
+        D=torch.cat([_at_least_float32(m.D) for m in mixers]),
+        z=z.transpose(1, 2),
+        delta_bias=torch.cat(
+            [_at_least_float32(m.dt_proj.bias) for m in mixers]
+        ),
+        delta_softplus=True,
+        backend=first.backend,
+    ).transpose(1, 2)  # [B, L, K D]
+    d_inner = first.d_inner
+    return [
+        m.out_proj(y[..., k * d_inner : (k + 1) * d_inner])
+        for k, m in enumerate(mixers)
+    ]
+
+
+def _conv_weights(mixers):
+    """The K depthwise convolutions stacked: weight [K D, 1, W], bias."""
+    weight = torch.cat([m.conv1d.weight for m in mixers])
+    if mixers[0].conv1d.bias is None:
+        return weight, None
+    return weight, torch.cat([m.conv1d.bias for m in mixers])
+
+
+def _projections_autograd(mixers, inputs):
+    """x, z, raw Delta [B, L, K D] and B, C [B, L, K, N] (differentiable)."""
     first = mixers[0]
     d_inner, d_state, dt_rank = first.d_inner, first.d_state, first.dt_rank
 
@@ -317,13 +370,7 @@ def _run_mixers(mixers, inputs):
     ]  # [B, L, 2D]
     x = stack([p[..., :d_inner] for p in projected])  # [B, L, K D]
     z = stack([p[..., d_inner:] for p in projected])  # [B, L, K D]
-    conv_weight = torch.cat([m.conv1d.weight for m in mixers])  # [K D, 1, W]
-    conv_bias = (
-        torch.cat([m.conv1d.bias for m in mixers])
-        if first.conv1d.bias is not None
-        else None
-    )
-    x = F.silu(_causal_depthwise_conv(x, conv_weight, conv_bias))  # [B, L, K D]
+    x = F.silu(_causal_depthwise_conv(x, *_conv_weights(mixers)))
 
     dt_parts, B_parts, C_parts = [], [], []
     for k, m in enumerate(mixers):
@@ -335,42 +382,56 @@ def _run_mixers(mixers, inputs):
     # Delta before its bias: one matmul with a block-diagonal weight
     dt_weight = torch.block_diag(*[m.dt_proj.weight for m in mixers])
     delta = F.linear(stack(dt_parts), dt_weight)  # [B, L, K D]
+    B = torch.stack(B_parts, dim=2)  # [B, L, K, N]
+    C = torch.stack(C_parts, dim=2)
+    return x, z, delta, B, C
 
-    if len(mixers) == 1:
-        B, C = (
-            B_parts[0].transpose(1, 2),
-            C_parts[0].transpose(1, 2),
-        )  # [B, N, L]
-    else:
-        B = torch.stack(B_parts, dim=1).transpose(2, 3)  # [B, K, N, L]
-        C = torch.stack(C_parts, dim=1).transpose(2, 3)
-    A = -torch.exp(torch.cat([_at_least_float32(m.A_log) for m in mixers]))
-    y = selective_scan(
-        x.transpose(1, 2),  # [B, K D, L] views of channels-last data
-        delta.transpose(1, 2),
-        A,  # [K D, N]
-        B,
-        C,
-        D=torch.cat([_at_least_float32(m.D) for m in mixers]),
-        z=z.transpose(1, 2),
-        delta_bias=torch.cat(
-            [_at_least_float32(m.dt_proj.bias) for m in mixers]
-        ),
-        delta_softplus=True,
-        backend=first.backend,
-    ).transpose(1, 2)  # [B, L, K D]
-    return [
-        m.out_proj(y[..., k * d_inner : (k + 1) * d_inner])
-        for k, m in enumerate(mixers)
-    ]
+
+def _projections_inference(mixers, inputs):
+    """``_projections_autograd`` without stacking copies (no autograd).
+
+    Every per-mixer matmul writes its [B L, D] (or [B L, R + 2N]) result
+    into its column block of the stacked output (row stride K D).
+    """
+    first = mixers[0]
+    d_inner, d_state, dt_rank = first.d_inner, first.d_state, first.dt_rank
+    K = len(mixers)
+    batch, length = inputs[0].shape[:2]
+    tokens = batch * length
+    x_in = inputs[0].new_empty(tokens, 2, K, d_inner)  # (x | z, mixer)
+    x_dbl = inputs[0].new_empty(tokens, K, dt_rank + 2 * d_state)
+    delta = inputs[0].new_empty(tokens, K, d_inner)
+    for k, (m, x) in enumerate(zip(mixers, inputs, strict=True)):
+        x = x.reshape(tokens, -1)
+        for half in range(2):  # x, then the gate z
+            rows = slice(half * d_inner, (half + 1) * d_inner)
+            weight = m.in_proj.weight[rows].t()
+            if m.in_proj.bias is None:
+                torch.mm(x, weight, out=x_in[:, half, k])
+            else:
+                torch.addmm(
+                    m.in_proj.bias[rows], x, weight, out=x_in[:, half, k]
+                )
+    x_in = x_in.view(batch, length, 2, K * d_inner)
+    x = _causal_depthwise_conv(x_in[:, :, 0], *_conv_weights(mixers))
+    x = F.silu(x, inplace=True)  # [B, L, K D]
+    flat = x.view(tokens, K, d_inner)
+    for k, m in enumerate(mixers):
+        torch.mm(flat[:, k], m.x_proj.weight.t(), out=x_dbl[:, k])
+        torch.mm(x_dbl[:, k, :dt_rank], m.dt_proj.weight.t(), out=delta[:, k])
+    x_dbl = x_dbl.view(batch, length, K, -1)
+    B = x_dbl[..., dt_rank : dt_rank + d_state]  # [B, L, K, N]
+    C = x_dbl[..., dt_rank + d_state :]
+    delta = delta.view(batch, length, K * d_inner)
+    return x, x_in[:, :, 1], delta, B, C
 
 
 def _causal_depthwise_conv(x, weight, bias):
     """Depthwise convolution over time, left-padded by W - 1 (causal).
 
-    Channels-last and written as W shifted multiply-adds: the inputs come
-    from a Linear and the scan wants channels-last too, so this avoids two
-    transposes around ``F.conv1d`` (faster on CPU, same rounding).
+    Channels-last and written as W shifted multiply-adds into one output
+    (no padded copy): the inputs come from a Linear and the scan wants
+    channels-last too, so this avoids two transposes around ``F.conv1d``.
 
     Arguments
     ---------
@@ -387,13 +448,14 @@ def _causal_depthwise_conv(x, weight, bias):
         [B, L, C]: out_t = bias + sum_w weight[:, 0, w] x_{t - W + 1 + w}.
     """
     length, width = x.shape[1], weight.shape[-1]
-    padded = F.pad(x, (0, 0, width - 1, 0))  # [B, L + W - 1, C]
     taps = weight[:, 0]  # [C, W]
-    out = padded[:, :length] * taps[:, 0]
-    if bias is not None:
-        out = out + bias
-    for w in range(1, width):
-        out = out + padded[:, w : w + length] * taps[:, w]
+    # the tap on x_t, then the taps on x_{t - s} for shifts s = 1 .. W - 1
+    if bias is None:
+        out = x * taps[:, -1]
+    else:
+        out = torch.addcmul(bias, x, taps[:, -1])
+    for shift in range(1, min(width, length)):
+        out[:, shift:].addcmul_(x[:, : length - shift], taps[:, -1 - shift])
     return out
 
 
@@ -544,7 +606,19 @@ class BiMamba(nn.Module):
         self.apply(lambda module: _init_weights(module, n_layer))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, L, d] -> [B, L, 2d] (forward, then backward direction)."""
+        """x [B, L, d] -> [B, L, 2d] (forward, then backward direction).
+
+        A large batch runs in groups of sequences: the mixers' [B, L, 2 D]
+        temporaries then stay a few MB (fresh tensors of tens of MB cost
+        more in page faults than the arithmetic on them).
+        """
+        d_inner = self.forward_blocks[0].mixer.d_inner
+        group = max(1, _GROUP_ELEMENTS // (2 * d_inner * max(1, x.shape[1])))
+        if x.shape[0] <= group:
+            return self._forward(x)
+        return torch.cat([self._forward(part) for part in x.split(group)])
+
+    def _forward(self, x):
         forward_x, backward_x = x, x.flip(1)  # backward runs in reversed time
         for forward_block, backward_block in zip(
             self.forward_blocks, self.backward_blocks, strict=True

@@ -791,17 +791,22 @@ class _ScanPlan:
         torch.mul(self._split(x), B, out=states[0])  # the input Delta_t u_t B_t
         self._scan(states[1], decays[1], prev)
 
-    def _readout(self, states, C):
-        """y [k, Bg, D] = sum_n C_t h_t (eq. 2b) for one block."""
+    def _readout(self, states, C, out=None):
+        """y [k, Bg, D] = sum_n C_t h_t (eq. 2b) for one block.
+
+        ``out`` (contiguous [k, Bg, D]), if given, receives y.
+        """
         steps, batch = states.shape[:2]
         if C.dim() == 3:  # time-invariant [G, N, Dg]
-            y = (states * C).sum(-2)  # [k, Bg, G, Dg]
-        else:  # [k, Bg, G, N]: per step, [1, N] x [N, Dg]
-            y = torch.bmm(
-                C.reshape(-1, 1, self.d_state),
-                states.view(-1, self.d_state, self.group_size),
-            )  # [k Bg G, 1, Dg]
-        return y.view(steps, batch, self.d_inner)
+            y = (states * C).sum(-2).view(steps, batch, self.d_inner)
+            return y if out is None else out.copy_(y)
+        # [k, Bg, G, N]: per step, [1, N] x [N, Dg]
+        C_rows = C.reshape(-1, 1, self.d_state)  # [k Bg G, 1, N]
+        states = states.view(-1, self.d_state, self.group_size)
+        if out is None:
+            return torch.bmm(C_rows, states).view(steps, batch, self.d_inner)
+        torch.bmm(C_rows, states, out=out.view(-1, 1, self.group_size))
+        return out
 
     @staticmethod
     def _skip(y, u, D):
@@ -810,36 +815,55 @@ class _ScanPlan:
 
     # -- forward --------------------------------------------------------
     def forward_group(self, seq, A, D, delta_bias, checkpoints):
-        """Scan one batch group (``sequences`` views); write seq.out."""
+        """Scan one batch group (``sequences`` views); write seq.out.
+
+        Chunk by chunk (the checkpoint chunks of T steps): the step sizes
+        and Delta_t u_t of the whole chunk first, then its blocks of k
+        steps (exp, inputs, the sequential updates, the read-out into the
+        chunk's y), then the D skip and the gate on the chunk's y, so that
+        the per-block work is the five passes over the states only. Two
+        state buffers alternate, so that each block starts from the last
+        state of the previous one without a copy. Returns the last state.
+        """
         batch = seq.u.shape[1]
-        k = self.block_steps
-        decays, states = self._buffer(k, batch), self._buffer(k, batch)
-        delta = self._buffer(k, batch, state=False)
-        x = self._buffer(k, batch, state=False)
-        state = torch.zeros_like(states[1][0])  # [Bg, G, N, Dg]
-        for t0, t1 in self._blocks(0, self.length):
-            n = t1 - t0
-            if checkpoints is not None and t0 % self.chunk_steps == 0:
-                checkpoints[t0 // self.chunk_steps] = state
-            u = seq.u[t0:t1]
-            self._step_sizes(seq.delta[t0:t1], delta_bias, delta[:n])
-            torch.mul(delta[:n], u, out=x[:n])
-            self._states(
-                delta[:n],
-                x[:n],
-                A,
-                seq.B if seq.B.dim() == 3 else seq.B[t0:t1],
-                (decays[0][:n], decays[1][:n]),
-                (states[0][:n], states[1][:n]),
-                state,
-            )
-            C = seq.C if seq.C.dim() == 3 else seq.C[t0:t1]
-            out = self._skip(self._readout(states[0][:n], C), u, D)
+        k, T = self.block_steps, self.chunk_steps
+        decays = self._buffer(k, batch)
+        states = (self._buffer(k, batch), self._buffer(k, batch))
+        delta = self._buffer(T, batch, state=False)
+        x = self._buffer(T, batch, state=False)
+        y = self._buffer(T, batch, state=False)
+        prev = torch.zeros_like(states[0][1][0])  # h_{-1}, [Bg, G, N, Dg]
+        parity = 0
+        for c in range(self.n_chunks):
+            c0 = c * T
+            c1 = min(c0 + T, self.length)
+            m = c1 - c0
+            if checkpoints is not None:
+                checkpoints[c] = prev
+            u = seq.u[c0:c1]
+            self._step_sizes(seq.delta[c0:c1], delta_bias, delta[:m])
+            torch.mul(delta[:m], u, out=x[:m])
+            for t0, t1 in self._blocks(c0, c1):
+                j0, j1 = t0 - c0, t1 - c0
+                n = j1 - j0
+                data, steps = states[parity]
+                self._states(
+                    delta[j0:j1],
+                    x[j0:j1],
+                    A,
+                    seq.B if seq.B.dim() == 3 else seq.B[t0:t1],
+                    (decays[0][:n], decays[1][:n]),
+                    (data[:n], steps[:n]),
+                    prev,
+                )
+                C = seq.C if seq.C.dim() == 3 else seq.C[t0:t1]
+                self._readout(data[:n], C, out=y[j0:j1])
+                prev, parity = steps[n - 1], 1 - parity
+            out = y[:m] if D is None else y[:m].addcmul_(u, D)
             if seq.z is not None:
-                out = out * F.silu(seq.z[t0:t1])
-            seq.out[t0:t1] = out
-            state.copy_(states[1][n - 1])
-        return state
+                out.mul_(F.silu(seq.z[c0:c1]))
+            seq.out[c0:c1] = out
+        return prev.clone()
 
     # -- backward -------------------------------------------------------
     def backward_group(self, seq, A, D, delta_bias, dlast, checkpoints, grads):

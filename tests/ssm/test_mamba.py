@@ -241,3 +241,36 @@ def test_mamba_cuda_backend_asks_for_install_on_cpu():
     hint = re.escape('pip install "speechbrain_s4[cuda]"')
     with pytest.raises((ImportError, ValueError), match=hint):
         mixer(torch.randn(1, 5, 16))
+
+
+# ---------------------------------------------------------------------------
+# Execution paths of the mixers (same maths, different memory traffic)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("options", [{}, {"bias": True, "d_conv": 2}])
+def test_bimamba_inference_path_equals_autograd_path(options):
+    """Without autograd the projections are written into strided column
+    blocks instead of being concatenated; the outputs must not change."""
+    torch.manual_seed(0)
+    bimamba = perturb_(BiMamba(12, d_state=4, expand=2, **options)).double()
+    x = torch.randn(3, 17, 12, dtype=torch.float64)
+    with_autograd = bimamba(x.clone().requires_grad_())
+    assert with_autograd.requires_grad
+    with torch.no_grad():
+        inference = bimamba(x)
+    assert_close_to_peak(inference, with_autograd.detach(), 1e-12, "output")
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_bimamba_batch_groups_equal_whole_batch(monkeypatch, grad):
+    """A large batch runs in groups of sequences; the result is the same."""
+    from speechbrain_s4.ssm import mamba
+
+    torch.manual_seed(0)
+    bimamba = perturb_(BiMamba(8, d_state=4, expand=2)).double()
+    x = torch.randn(7, 11, 8, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        whole = bimamba(x)
+        # 2 D L = 2 * 16 * 11 elements per sequence: groups of 2 sequences
+        monkeypatch.setattr(mamba, "_GROUP_ELEMENTS", 2 * 2 * 16 * 11)
+        grouped = bimamba(x)
+    assert_close_to_peak(grouped, whole, 1e-12, "output")
