@@ -8,12 +8,21 @@
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+
+# One thread per process: the suite runs tiny models, several processes at
+# once (subprocess and DDP tests), often on a busy machine, where OpenMP and
+# BLAS threads spinning against each other make small ops 5-50x slower.
+# Child processes (train.py, the CLI) inherit the environment.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):

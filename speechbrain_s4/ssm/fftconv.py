@@ -72,9 +72,12 @@ def fft_conv(
     # Zero-padding both to 2L makes the circular FFT convolution linear: no
     # output sample wraps around to taps from the other end of the signal.
     n = 2 * length
-    u_f = torch.fft.rfft(u, n=n)  # [B, H, L+1]
-    k_f = torch.fft.rfft(k, n=n)  # [H, L+1]
+    # FFTs of half-precision inputs are unsupported or inaccurate on CPU:
+    # convolve in (at least) float32 and return in the input's dtype
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    u_f = torch.fft.rfft(u.to(dtype), n=n)  # [B, H, L+1]
+    k_f = torch.fft.rfft(k.to(dtype), n=n)  # [H, L+1]
     y = torch.fft.irfft(u_f * k_f, n=n)[..., :length]  # [B, H, L]
     if D is not None:
         y = y + D.unsqueeze(-1) * u  # [B, H, L]
-    return y
+    return y.to(u.dtype)

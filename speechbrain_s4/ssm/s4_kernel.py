@@ -515,6 +515,11 @@ class _SSMKernel(nn.Module):
             [C, H, L]
         """
         length = _check_length(length)
+        if torch.is_autocast_enabled(self.log_dt.device.type):
+            # complex maths has no half-precision kernels, and the Cauchy
+            # sums need float32 anyway: the kernel ignores autocast
+            with torch.autocast(self.log_dt.device.type, enabled=False):
+                return self.forward(length)
         if self._call_memo is not None:
             key = (length, self.log_dt.device, self.log_dt.dtype)
             if key not in self._call_memo:
