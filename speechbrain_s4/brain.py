@@ -8,7 +8,8 @@ SI-SNR, gradient clipping, a plateau learning-rate schedule and the best
 checkpoint by validation SI-SNR. :class:`Separation` writes it once, through
 SpeechBrain 1.1's hooks:
 
-* ``compute_forward`` calls ``modules.separator(mix [B, T]) -> [B, T, S]``
+* ``compute_forward`` calls ``modules.separator(mix [B, T], lengths [B])
+  -> [B, T, S]``
   (DEVELOPING.md); it never asks which model it runs. In training it may
   speed-perturb each source (``speechbrain.augment.time_domain.SpeedPerturb``)
   and rebuild the mixture as their sum plus the noise, as SpeechBrain's
@@ -191,7 +192,7 @@ class Separation(sb.Brain):
     ...     def __init__(self):
     ...         super().__init__()
     ...         self.gain = torch.nn.Parameter(torch.ones(2))
-    ...     def forward(self, mix):
+    ...     def forward(self, mix, lengths=None):
     ...         return mix.unsqueeze(-1) * self.gain
     >>> folder = tempfile.mkdtemp()
     >>> brain = Separation(
@@ -261,7 +262,9 @@ class Separation(sb.Brain):
             noise = None if noise is None else noise.data  # [B, T]
             with torch.no_grad():
                 mix, targets = self.speed_perturb(targets, noise)
-        estimates = self.modules.separator(mix)  # [B, T, S]
+        # the lengths let padding-aware separators (S4M, SPMamba) give each
+        # item of a padded batch its stand-alone result
+        estimates = self.modules.separator(mix, lengths)  # [B, T, S]
         return estimates, targets, mix, lengths
 
     def speed_perturb(self, targets, noise=None):

@@ -85,7 +85,7 @@ class Gains(torch.nn.Module):
         self.other = torch.nn.Parameter(torch.tensor([0.3]))
         self.sample_rate, self.num_spks = 8000, 2
 
-    def forward(self, mix):
+    def forward(self, mix, lengths=None):
         return mix.unsqueeze(-1) * self.gain + 0 * self.other
 
 
