@@ -871,38 +871,15 @@ def export_recipe(
     }
 
 
-def _s4m_arguments(model) -> dict:
-    """Constructor arguments of an ``S4M`` read back from the module."""
-    block = model.masknet.block
-    kernel = block.s4.layer.kernel
-    return {
-        "sample_rate": model.sample_rate,
-        "num_spks": model.num_spks,
-        "kernel_ms": model.encoder.kernel_size * 1000 / model.sample_rate,
-        "bottleneck_channels": model.masknet.bottleneck.out_channels,
-        "hidden_channels": block.proj.out_channels,
-        "num_blocks": model.masknet.num_blocks,
-        "depth": block.depth,
-        "d_state": kernel.d_state,
-        "decoder_s4": block.decoder_s4 is not None,
-        "topdown": block.topdown,
-        "conj_symmetric": bool(kernel.conj_symmetric),
-        # frames padded to a multiple of 2^(depth - 1), or the reference's
-        "align_frames": model.encoder.frame_multiple != 1,
-    }
-
-
-#: class name -> function(module) -> constructor keyword arguments
-_ARGUMENT_READERS = {"S4M": _s4m_arguments}
-
-
 def separator_arguments(separator: nn.Module) -> dict:
     """Keyword arguments that rebuild ``separator`` from its class.
 
-    Known classes have a reader (``S4M``); any other class works when every
-    parameter of its ``__init__`` is stored as an attribute of the same name.
-    The result is always verified by the caller (strict loading and equal
-    outputs), so a wrong reading cannot go unnoticed.
+    The separators of this package record the arguments they were built
+    with (``speechbrain_s4.models.arguments.records_arguments``); any other
+    class works when every parameter of its ``__init__`` is stored as an
+    attribute of the same name. The result is always verified by the caller
+    (strict loading and equal outputs), so a wrong reading cannot go
+    unnoticed.
 
     Arguments
     ---------
@@ -925,22 +902,16 @@ def separator_arguments(separator: nn.Module) -> dict:
         for name in inspect.signature(type(separator).__init__).parameters
         if name != "self"
     ]
-    reader = _ARGUMENT_READERS.get(type(separator).__name__)
-    if reader is not None:
-        arguments = reader(separator)
-        unread = [name for name in parameters if name not in arguments]
-        if unread:  # the class gained arguments the reader does not know
-            raise RuntimeError(
-                f"the argument reader of {type(separator).__name__} misses "
-                f"{unread}; update speechbrain_s4.inference._ARGUMENT_READERS"
-            )
-        return arguments
+    recorded = getattr(separator, "init_arguments", None)
+    if recorded is not None:
+        return dict(recorded)
     missing = [name for name in parameters if not hasattr(separator, name)]
     if missing:
         raise ValueError(
             f"cannot write a YAML definition of {type(separator).__name__}: "
             f"its constructor arguments {missing} are not stored on the "
-            "module; add a reader to speechbrain_s4.inference._ARGUMENT_READERS"
+            "module; decorate the class with "
+            "speechbrain_s4.models.arguments.records_arguments"
         )
     return {name: getattr(separator, name) for name in parameters}
 

@@ -62,6 +62,7 @@ from speechbrain_s4.layers import (
     depthwise_conv1d,
     frame_mask,
 )
+from speechbrain_s4.models.arguments import records_arguments
 from speechbrain_s4.models.masking import MaskingSeparator
 from speechbrain_s4.ssm import S4, shared_kernels
 
@@ -534,6 +535,7 @@ class S4MMaskNet(nn.Module):
         return masks.transpose(0, 1)  # [S, B, N, L]
 
 
+@records_arguments
 class S4M(MaskingSeparator):
     """The full S4M separator: mixture [B, T] -> estimates [B, T, S].
 

@@ -78,6 +78,7 @@ import torch.nn.functional as F
 from speechbrain.utils.logger import get_logger
 from torch import nn
 
+from speechbrain_s4.models.arguments import records_arguments
 from speechbrain_s4.models.s4m import FeedForwardBlock, encoder_geometry
 from speechbrain_s4.ssm import S4, shared_kernels
 
@@ -860,6 +861,7 @@ class CausalS4MMaskNet(nn.Module):
 # ---------------------------------------------------------------------------
 # The separator and its stream
 # ---------------------------------------------------------------------------
+@records_arguments
 class CausalS4M(nn.Module):
     """Causal S4M separator, offline and streaming: [B, T] -> [B, T, S].
 
