@@ -7,12 +7,19 @@ Re, ICLR 2022, section 3.3). Each function here maps one reference state dict
 to ours, validating keys and shapes so that a wrong checkpoint fails loudly
 rather than loading half of its weights.
 
+Checkpoint files may be a bare state dict, a dict holding it under
+``state_dict`` (with ``model_name`` and ``model_args``, as the reference
+repositories' ``best_model.pth`` serialise it; the name is ignored, since
+SPMamba's released files carry the outdated "TFGridNetMamba"), or a
+PyTorch Lightning ``*.ckpt`` whose keys are prefixed ``audio_model.``.
+
 Authors
  * speechbrain_s4 contributors
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -30,6 +37,7 @@ __all__ = [
     "load_reference_checkpoint",
     "convert_s4m_state_dict",
     "convert_s4_layer_state_dict",
+    "convert_spmamba_state_dict",
 ]
 
 logger = get_logger(__name__)
@@ -382,9 +390,314 @@ def _reference_kwargs(arch, defaults, given):
     return {**defaults, **given}
 
 
+#: JusperLee/SPMamba ``SPMamba(...)`` keyword arguments: the values of the
+#: reference recipes' 8 kHz configuration (MODELS.md 5.5). ``input_dim``,
+#: ``lstm_hidden_units`` and ``use_builtin_complex`` do not change the
+#: computation; the sizes are read from the checkpoint when not given.
+SPMAMBA_REFERENCE_DEFAULTS = {
+    "input_dim": 64,
+    "n_srcs": 2,
+    "n_fft": 256,
+    "stride": 64,
+    "window": "hann",
+    "n_imics": 1,
+    "n_layers": 6,
+    "lstm_hidden_units": 256,
+    "attn_n_head": 4,
+    "attn_approx_qk_dim": 512,
+    "emb_dim": 16,
+    "emb_ks": 8,
+    "emb_hs": 1,
+    "activation": "prelu",
+    "eps": 1e-5,
+    "use_builtin_complex": False,
+    "sample_rate": 8000,
+}
+
+#: the per-head attention modules of the reference, stacked in ours
+_SPMAMBA_HEAD = re.compile(
+    r"^blocks\.(\d+)\.attn_conv_([QKV])_(\d+)\.([012])\.(\w+)$"
+)
+_SPMAMBA_QKV = {"Q": "query", "K": "key", "V": "value"}
+_SPMAMBA_STAGES = {"0": "conv", "1": "act", "2": "norm"}
+#: reference key prefix -> ours, for everything but the attention heads
+_SPMAMBA_PREFIXES = (
+    ("conv.", "embed."),
+    ("deconv.", "head."),
+    ("intra_norm.", "intra.norm."),
+    ("inter_norm.", "inter.norm."),
+    ("intra_mamba.", "intra.mamba."),
+    ("inter_mamba.", "inter.mamba."),
+    ("intra_linear.", "intra.fold."),
+    ("inter_linear.", "inter.fold."),
+    ("attn_concat_proj.", "attention.output."),
+)
+
+
+def convert_spmamba_state_dict(reference_state_dict: dict) -> dict:
+    """Map a JusperLee/SPMamba state dict to ``models.spmamba.SPMamba``.
+
+    The keys are renamed (MODELS.md 5.6 -> ours); the layer norms' gains and
+    biases lose their singleton axes ([1, C, 1, 1] -> [C] over channels,
+    [1, E, 1, F] -> [E, F] over channels and frequency); the H attention
+    heads' 1x1 convolutions, PReLU slopes and norms are stacked head-major
+    (``attn_conv_Q_h.0.weight`` [E, C, 1, 1] for h = 0..H-1 ->
+    ``attention.query.conv.weight`` [H E, C, 1, 1]). Nothing else changes:
+    the BMamba blocks keep mamba_ssm's names.
+
+    Arguments
+    ---------
+    reference_state_dict : dict
+        ``SPMamba.state_dict()`` of the public code (684 entries for the six
+        layers of the paper).
+
+    Returns
+    -------
+    dict
+        Our state dict.
+
+    Raises
+    ------
+    KeyError
+        Naming the first keys that do not belong to an SPMamba checkpoint,
+        or attention heads with a missing member.
+
+    Example
+    -------
+    >>> heads = {
+    ...     f"blocks.0.attn_conv_Q_{h}.0.weight": torch.zeros(4, 16, 1, 1)
+    ...     for h in range(4)
+    ... }
+    >>> heads["deconv.weight"] = torch.zeros(16, 4, 3, 3)
+    >>> converted = convert_spmamba_state_dict(heads)
+    >>> converted["blocks.0.attention.query.conv.weight"].shape
+    torch.Size([16, 16, 1, 1])
+    >>> converted["head.weight"].shape
+    torch.Size([16, 4, 3, 3])
+    """
+    converted, heads, unknown = {}, {}, []
+    for key, value in reference_state_dict.items():
+        head = _SPMAMBA_HEAD.match(key)
+        if head:
+            block, qkv, index, stage, leaf = head.groups()
+            name = (
+                f"blocks.{block}.attention.{_SPMAMBA_QKV[qkv]}."
+                f"{_SPMAMBA_STAGES[stage]}.{_norm_leaf(leaf)}"
+            )
+            heads.setdefault(name, {})[int(index)] = (key, value)
+            continue
+        ours = _spmamba_ours(key)
+        if ours is None:
+            unknown.append(key)
+            continue
+        if re.search(r"\.(intra|inter)\.norm\.", ours):
+            value = value.reshape(-1)  # [1, C, 1, 1] -> [C]
+        elif ours.startswith("blocks.") and ".attention.output.2." in ours:
+            value = value[:, :, 0]  # [1, C, 1, F] -> [1, C, F]
+        converted[ours] = value
+    if unknown:
+        raise KeyError(
+            f"not an SPMamba (JusperLee/SPMamba) state dict: unexpected keys "
+            f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
+        )
+    for name, parts in heads.items():
+        if sorted(parts) != list(range(len(parts))):
+            raise KeyError(
+                f"SPMamba state dict: the attention heads of {name} are "
+                f"incomplete (found heads {sorted(parts)})"
+            )
+        keys, values = zip(*(parts[h] for h in range(len(parts))), strict=True)
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) > 1:
+            raise ValueError(
+                "SPMamba state dict: the attention heads disagree in shape: "
+                + ", ".join(
+                    f"{k} {tuple(v.shape)}"
+                    for k, v in zip(keys, values, strict=True)
+                )
+            )
+        if ".norm." in name:  # [1, E, 1, F] per head -> [H, E, F]
+            converted[name] = torch.stack([v[0, :, 0] for v in values])
+        else:  # conv [E, C, 1, 1] / [E], PReLU [1] -> stacked head-major
+            converted[name] = torch.cat(values)
+    return converted
+
+
+def _norm_leaf(leaf):
+    return {"gamma": "weight", "beta": "bias"}.get(leaf, leaf)
+
+
+def _spmamba_ours(key):
+    """Our name for a reference key outside the attention heads, or None."""
+    block = re.match(r"^(blocks\.\d+\.)(.*)$", key)
+    prefix, rest = (block.group(1), block.group(2)) if block else ("", key)
+    for old, new in _SPMAMBA_PREFIXES:
+        if rest.startswith(old) and (block is None) == (
+            old in ("conv.", "deconv.")
+        ):
+            ours = prefix + new + rest[len(old) :]
+            if "norm." in new or new == "attention.output.":
+                ours = re.sub(r"\.gamma$", ".weight", ours)
+                ours = re.sub(r"\.beta$", ".bias", ours)
+            return ours
+    return None
+
+
+def _spmamba_reference_name(model: nn.Module, key: str) -> str:
+    """Our SPMamba key -> the reference's name(s) for it (error messages)."""
+    head = re.match(
+        r"^blocks\.(\d+)\.attention\.(query|key|value)\.(conv|act|norm)"
+        r"\.(\w+)$",
+        key,
+    )
+    if head:
+        block, role, stage, leaf = head.groups()
+        qkv = {v: k for k, v in _SPMAMBA_QKV.items()}[role]
+        index = {v: k for k, v in _SPMAMBA_STAGES.items()}[stage]
+        if stage == "norm":
+            leaf = {"weight": "gamma", "bias": "beta"}[leaf]
+        heads = model.blocks[int(block)].attention.heads
+        return (
+            f"blocks.{block}.attn_conv_{qkv}_{{0..{heads - 1}}}.{index}.{leaf}"
+        )
+    block = re.match(r"^(blocks\.\d+\.)(.*)$", key)
+    prefix, rest = (block.group(1), block.group(2)) if block else ("", key)
+    for old, new in _SPMAMBA_PREFIXES:
+        if rest.startswith(new):
+            name = prefix + old + rest[len(new) :]
+            if "norm" in old or old == "attn_concat_proj.":
+                if old == "attn_concat_proj." and not rest.startswith(
+                    "attention.output.2."
+                ):
+                    return name
+                name = re.sub(r"\.weight$", ".gamma", name)
+                name = re.sub(r"\.bias$", ".beta", name)
+            return name
+    return key
+
+
+def _spmamba_sizes(state_dict: dict) -> dict:
+    """The reference constructor's sizes, read from a state dict's shapes."""
+    required = (
+        "conv.0.weight",
+        "deconv.weight",
+        "blocks.0.intra_linear.weight",
+        "blocks.0.attn_conv_Q_0.0.weight",
+        "blocks.0.attn_conv_Q_0.2.gamma",
+        "blocks.0.intra_mamba.forward_blocks.0.mixer.A_log",
+    )
+    missing = [key for key in required if key not in state_dict]
+    if missing:
+        raise KeyError(
+            f"not an SPMamba (JusperLee/SPMamba) state dict: missing {missing}"
+            f" (found keys such as {list(state_dict)[:3]})"
+        )
+    blocks = {
+        int(m.group(1))
+        for m in (re.match(r"^blocks\.(\d+)\.", k) for k in state_dict)
+        if m
+    }
+    heads = {
+        int(m.group(1))
+        for m in (
+            re.match(r"^blocks\.0\.attn_conv_Q_(\d+)\.0\.weight$", k)
+            for k in state_dict
+        )
+        if m
+    }
+    emb_dim, mics2 = state_dict["conv.0.weight"].shape[:2]
+    A_log = state_dict["blocks.0.intra_mamba.forward_blocks.0.mixer.A_log"]
+    emb_ks = state_dict["blocks.0.intra_linear.weight"].shape[2]
+    return {
+        "n_layers": len(blocks),
+        "emb_dim": emb_dim,
+        "n_imics": mics2 // 2,
+        "n_srcs": state_dict["deconv.weight"].shape[1] // 2,
+        "emb_ks": emb_ks,
+        "attn_n_head": len(heads),
+        "qk_channels": state_dict["blocks.0.attn_conv_Q_0.0.weight"].shape[0],
+        "n_freqs": state_dict["blocks.0.attn_conv_Q_0.2.gamma"].shape[-1],
+        "d_state": A_log.shape[1],
+        "expand": A_log.shape[0] // (emb_dim * emb_ks),
+    }
+
+
+def _build_spmamba(state_dict, conj_symmetric, reference_kwargs):
+    """SPMamba with the checkpoint's sizes; reference kwargs must agree."""
+    from speechbrain_s4.models.spmamba import SPMamba
+
+    _reference_kwargs("spmamba", SPMAMBA_REFERENCE_DEFAULTS, reference_kwargs)
+    given = dict(reference_kwargs)
+    sizes = _spmamba_sizes(state_dict)
+    n_freqs = sizes["n_freqs"]
+    # the STFT follows the LN4DCF width F = n_fft / 2 + 1 (MODELS.md 5.6)
+    n_fft = given.get("n_fft", 2 * (n_freqs - 1))
+    stride = given.get("stride", n_fft // 4)
+    conflicts = [
+        f"{name}={given[name]} (the checkpoint has {sizes[name]})"
+        for name in ("n_layers", "emb_dim", "n_srcs", "emb_ks", "attn_n_head")
+        if name in given and given[name] != sizes[name]
+    ]
+    if n_fft // 2 + 1 != n_freqs:
+        conflicts.append(
+            f"n_fft={n_fft} (the checkpoint's norms have F={n_freqs} bins, "
+            f"i.e. n_fft={2 * (n_freqs - 1)})"
+        )
+    if sizes["n_imics"] != 1 or given.get("n_imics", 1) != 1:
+        conflicts.append("n_imics != 1 (only single-channel SPMamba exists)")
+    for name, supported in (("window", "hann"), ("activation", "prelu")):
+        if given.get(name, supported) != supported:
+            conflicts.append(f"{name}={given[name]!r} (only {supported!r})")
+    qk_dim = given.get("attn_approx_qk_dim", sizes["qk_channels"] * n_freqs)
+    if math.ceil(qk_dim / n_freqs) != sizes["qk_channels"]:
+        conflicts.append(
+            f"attn_approx_qk_dim={qk_dim} (gives E=ceil({qk_dim}/{n_freqs}),"
+            f" the checkpoint has E={sizes['qk_channels']})"
+        )
+    if conflicts:
+        raise ValueError(
+            "SPMamba reference arguments do not fit the checkpoint: "
+            + "; ".join(conflicts)
+            + ". Omit them to read the sizes from the checkpoint."
+        )
+    sample_rate = given.get("sample_rate", {256: 8000, 512: 16000}.get(n_fft))
+    if sample_rate is None:
+        raise ValueError(
+            f"SPMamba checkpoint with n_fft={n_fft}: pass sample_rate=... "
+            "(only 256 -> 8000 Hz and 512 -> 16000 Hz are inferred)"
+        )
+    model = SPMamba(
+        sample_rate=sample_rate,
+        num_spks=sizes["n_srcs"],
+        n_fft=n_fft,
+        hop_length=stride,
+        n_layers=sizes["n_layers"],
+        emb_dim=sizes["emb_dim"],
+        emb_ks=sizes["emb_ks"],
+        emb_hs=given.get("emb_hs", 1),
+        attn_n_head=sizes["attn_n_head"],
+        attn_approx_qk_dim=qk_dim,
+        d_state=sizes["d_state"],
+        expand=sizes["expand"],
+        eps=given.get("eps", 1e-5),
+    )
+    return model, convert_spmamba_state_dict(state_dict)
+
+
 #: arch -> (function(state_dict, conj_symmetric, reference_kwargs) returning
 #: (our model, our state dict), function(model, our key) -> reference key)
-_BUILDERS = {"s4m": (_build_s4m, _s4m_reference_name)}
+_BUILDERS = {
+    "s4m": (_build_s4m, _s4m_reference_name),
+    "spmamba": (_build_spmamba, _spmamba_reference_name),
+}
+
+#: archs whose checkpoint files' ``model_args`` supply default reference
+#: arguments (recognised names only; SPMamba's released files hold a
+#: meaningless {"n_sample_rate": 2})
+_MODEL_ARGS = {"spmamba": SPMAMBA_REFERENCE_DEFAULTS}
+
+#: prefix of a PyTorch Lightning module's keys in look2hear ``*.ckpt`` files
+_LIGHTNING_PREFIX = "audio_model."
 
 
 def load_reference_checkpoint(
@@ -399,10 +712,12 @@ def load_reference_checkpoint(
     Arguments
     ---------
     path_or_state_dict : str, os.PathLike or dict
-        A file saved by the reference code (a bare state dict, or a dict
-        holding it under ``state_dict``) or the state dict itself.
+        A file saved by the reference code (a bare state dict, a dict
+        holding it under ``state_dict`` with ``model_name`` and
+        ``model_args``, or a Lightning ``*.ckpt`` with ``audio_model.`` key
+        prefixes) or the state dict itself.
     arch : str
-        "s4m" (JusperLee/S4M).
+        "s4m" (JusperLee/S4M) or "spmamba" (JusperLee/SPMamba).
     conj_symmetric : bool
         S4 kernel semantics (S4M only): True (default) the exact kernel, as
         the reference computes it on GPU or with pykeops; False the
@@ -411,7 +726,15 @@ def load_reference_checkpoint(
         The original constructor's keyword arguments (e.g. for S4M
         ``out_channels``, ``in_channels``, ``num_blocks``,
         ``upsampling_depth``, ``enc_kernel_size``, ``num_sources``,
-        ``sample_rate``); omitted ones take the original defaults.
+        ``sample_rate``); omitted ones take the original defaults. For
+        SPMamba (``input_dim``, ``n_srcs``, ``n_fft``, ``stride``, ``window``,
+        ``n_imics``, ``n_layers``, ``lstm_hidden_units``, ``attn_n_head``,
+        ``attn_approx_qk_dim``, ``emb_dim``, ``emb_ks``, ``emb_hs``,
+        ``activation``, ``eps``, ``use_builtin_complex``, ``sample_rate``)
+        the sizes are read from the checkpoint, the STFT from its norms'
+        width (129 bins -> n_fft 256, hop 64, 8 kHz; 257 -> 512, 128,
+        16 kHz); given values must agree with it, and the checkpoint
+        file's ``model_args`` fill in the ones not given.
 
     Returns
     -------
@@ -429,7 +752,10 @@ def load_reference_checkpoint(
         raise ValueError(
             f"unknown arch {arch!r}; expected one of {sorted(_BUILDERS)}"
         )
-    state_dict = _read_state_dict(path_or_state_dict)
+    state_dict, model_args = _read_checkpoint(path_or_state_dict)
+    if arch in _MODEL_ARGS:
+        known = {k: v for k, v in model_args.items() if k in _MODEL_ARGS[arch]}
+        reference_kwargs = {**known, **reference_kwargs}
     build, reference_name = _BUILDERS[arch]
     model, converted = build(state_dict, conj_symmetric, reference_kwargs)
     load_strict(
@@ -442,6 +768,16 @@ def load_reference_checkpoint(
 
 
 def _read_state_dict(path_or_state_dict) -> dict:
+    return _read_checkpoint(path_or_state_dict)[0]
+
+
+def _read_checkpoint(path_or_state_dict) -> tuple[dict, dict]:
+    """(state dict, model_args) of a checkpoint file or dict.
+
+    Unwraps ``state_dict`` (reference ``best_model.pth`` and Lightning
+    ``*.ckpt`` files) and strips Lightning's ``audio_model.`` prefix when
+    every key carries it; ``model_args`` is {} when absent.
+    """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         path = os.fspath(path_or_state_dict)
         if not os.path.isfile(path):
@@ -454,9 +790,15 @@ def _read_state_dict(path_or_state_dict) -> dict:
             f"expected a state dict (a dict of tensors), got "
             f"{type(checkpoint).__name__}"
         )
+    model_args = checkpoint.get("model_args")
+    model_args = model_args if isinstance(model_args, dict) else {}
     if isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
-    return dict(checkpoint)
+    state_dict = dict(checkpoint)
+    prefix = _LIGHTNING_PREFIX
+    if state_dict and all(key.startswith(prefix) for key in state_dict):
+        state_dict = {key[len(prefix) :]: v for key, v in state_dict.items()}
+    return state_dict, model_args
 
 
 def load_strict(

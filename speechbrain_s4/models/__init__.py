@@ -21,6 +21,7 @@ __all__ = ["build", "MODEL_NAMES"]
 _REGISTRY = {
     "s4m-tiny": ("speechbrain_s4.models.s4m", "S4M", {"decoder_s4": False}),
     "s4m": ("speechbrain_s4.models.s4m", "S4M", {"decoder_s4": True}),
+    "spmamba": ("speechbrain_s4.models.spmamba", "SPMamba", {}),
     "s4m-tiny-causal": (
         "speechbrain_s4.models.s4m_causal",
         "CausalS4M",
