@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4.models.arguments import records_arguments
 from speechbrain_s4.ssm.mamba import BiMamba
 
 __all__ = [
@@ -503,6 +504,7 @@ class GridNetBlock(nn.Module):
         return self.attention(x)
 
 
+@records_arguments
 class SPMamba(nn.Module):
     """SPMamba separator: mixture [B, T] -> estimates [B, T, S].
 
@@ -574,14 +576,6 @@ class SPMamba(nn.Module):
         self.sample_rate = int(sample_rate)
         self.num_spks = int(num_spks)
         self.n_fft, self.hop_length = n_fft, hop_length
-        # the constructor's arguments, so that the module can be rebuilt
-        # from its attributes (inference folders write them to YAML)
-        self.n_layers, self.emb_dim = n_layers, emb_dim
-        self.emb_ks, self.emb_hs = emb_ks, emb_hs
-        self.attn_n_head = attn_n_head
-        self.attn_approx_qk_dim = attn_approx_qk_dim
-        self.d_state, self.expand = d_state, expand
-        self.eps, self.backend = eps, backend
         n_freqs = n_fft // 2 + 1
         self.register_buffer(
             "window", torch.hann_window(n_fft), persistent=False
