@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechbrain_s4.ssm.fftconv import fft_conv
+from speechbrain_s4.ssm.fftconv import spectral_conv
 from speechbrain_s4.ssm.s4_kernel import (
     DIAGONAL_INITS,
     DISCRETISATIONS,
@@ -157,8 +157,10 @@ class S4(nn.Module):
                 f"S4 expects input [B, H={self.d_model}, L] (channels first), "
                 f"got shape {tuple(u.shape)}"
             )
-        k = self.kernel(u.shape[-1])  # [C, H, L]
-        y = fft_conv(u, k, self.D)  # [B, H, L]
+        # y = k * u + D u (fftconv.fft_conv), with the kernel's spectrum
+        # reused across calls where possible
+        k_f = self.kernel.spectrum(u.shape[-1])  # [H, n/2 + 1]
+        y = spectral_conv(u, k_f, self.D)  # [B, H, L]
         y = self.dropout(F.gelu(y))  # [B, H, L]
         return F.glu(self.output_linear(y), dim=1)  # [B, 2H, L] -> [B, H, L]
 

@@ -42,6 +42,8 @@ import math
 import torch
 from torch import nn
 
+from speechbrain_s4.ssm.fftconv import fft_length, kernel_spectrum
+
 __all__ = [
     "DPLRKernel",
     "DiagonalKernel",
@@ -476,7 +478,7 @@ class _SSMKernel(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self._cached_kernel = None  # (key, taps [C, H, L]); not state
+        self._cached = {}  # kind -> (key, taps or spectrum); not state
         self._step_cache = None  # (signature, tensors for step()); not state
         self._call_memo = None  # {key: taps} inside ``shared_kernels``
 
@@ -515,28 +517,55 @@ class _SSMKernel(nn.Module):
             [C, H, L]
         """
         length = _check_length(length)
-        if torch.is_autocast_enabled(self.log_dt.device.type):
-            # complex maths has no half-precision kernels, and the Cauchy
-            # sums need float32 anyway: the kernel ignores autocast
-            with torch.autocast(self.log_dt.device.type, enabled=False):
-                return self.forward(length)
-        if self._call_memo is not None:
-            key = (length, self.log_dt.device, self.log_dt.dtype)
-            if key not in self._call_memo:
-                self._call_memo[key] = self._cached_or_new(length)
-            return self._call_memo[key]
-        return self._cached_or_new(length)
+        return self._reused(("taps", length), lambda: self._kernel(length))
 
-    def _cached_or_new(self, length: int) -> torch.Tensor:
+    def spectrum(self, length: int) -> torch.Tensor:
+        """Real FFT of the taps as ``fft_conv`` lays them out.
+
+        Reused like the taps (eval cache, ``shared_kernels``), so a
+        weight-shared network transforms its kernel once per forward.
+
+        Arguments
+        ---------
+        length : int
+            Number of taps L; the FFT size is ``fftconv.fft_length(L)``.
+
+        Returns
+        -------
+        torch.Tensor
+            [H, n // 2 + 1] complex.
+        """
+        length = _check_length(length)
+        return self._reused(
+            ("spectrum", length),
+            lambda: kernel_spectrum(self(length), fft_length(length)),
+        )
+
+    def _reused(self, what: tuple, compute) -> torch.Tensor:
+        """``compute()``, or its earlier result when it can be reused."""
+        device_type = self.log_dt.device.type
+        if torch.is_autocast_enabled(device_type):
+            # complex maths has no half-precision kernels, and the Cauchy
+            # sums need float32 anyway: kernels ignore autocast
+            with torch.autocast(device_type, enabled=False):
+                return self._reused(what, compute)
+        key = (*what, self.log_dt.device, self.log_dt.dtype)
+        if self._call_memo is not None:
+            if key not in self._call_memo:
+                self._call_memo[key] = self._cached_or_new(key, compute)
+            return self._call_memo[key]
+        return self._cached_or_new(key, compute)
+
+    def _cached_or_new(self, key: tuple, compute) -> torch.Tensor:
         if self.training or torch.is_grad_enabled():
-            return self._kernel(length)
-        reference = self.log_dt
-        key = (length, reference.device, reference.dtype, self._signature())
-        if self._cached_kernel is not None and self._cached_kernel[0] == key:
-            return self._cached_kernel[1]
-        taps = self._kernel(length)
-        self._cached_kernel = (key, taps)
-        return taps
+            return compute()
+        key = (*key, self._signature())
+        cached = self._cached.get(key[0])
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        value = compute()
+        self._cached[key[0]] = (key, value)
+        return value
 
     def _kernel(self, length: int) -> torch.Tensor:
         raise NotImplementedError

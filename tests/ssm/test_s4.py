@@ -352,3 +352,23 @@ def test_s4_rejects_bad_arguments():
         S4(4, mode="diag", conj_symmetric=False)
     with pytest.raises(ValueError, match=r"\[B, H=4, L\]"):
         S4(4, 8)(torch.randn(2, 5, 10))
+
+
+def test_fft_conv_padded_size_equals_direct_convolution():
+    """A 5-smooth FFT size larger than 2L leaves the convolution exact."""
+    from speechbrain_s4.ssm.fftconv import fft_length
+
+    torch.manual_seed(0)
+    for length in (7, 127, 1016):
+        assert fft_length(length) >= 2 * length
+        u = torch.randn(2, 3, length, dtype=torch.float64)
+        k = torch.randn(2, 3, length, dtype=torch.float64)
+        y = fft_conv(u, k)
+        # direct two-sided sum: k0 over the past and present, k1 shifted
+        # by one step over the future
+        t = torch.arange(length)
+        lag = t[:, None] - t[None, :]  # [t, s]
+        past = torch.where(lag >= 0, k[0][:, lag.clamp(min=0)], 0.0)
+        future = torch.where(lag < 0, k[1][:, (-lag - 1).clamp(min=0)], 0.0)
+        direct = torch.einsum("hts,bhs->bht", past + future, u)
+        torch.testing.assert_close(y, direct, rtol=1e-9, atol=1e-9)
