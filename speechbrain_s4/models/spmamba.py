@@ -61,6 +61,9 @@ from speechbrain_s4.ssm.mamba import BiMamba
 
 __all__ = [
     "SPMamba",
+    "spmamba_speed",
+    "format_speed_table",
+    "sepformer_baseline",
     "GridNetBlock",
     "BMambaPath",
     "FullBandAttention",
@@ -601,6 +604,86 @@ class SPMamba(nn.Module):
         )
         self.head = nn.ConvTranspose2d(emb_dim, 2 * num_spks, 3, padding=1)
 
+    def macs(self, num_samples: int | None = None) -> dict:
+        """Multiply-accumulates of one forward pass, by part (MODELS.md 1.4).
+
+        The project's convention: a conv or linear output element with
+        fan-in f costs f (biases, norms, activations free); each Mamba
+        direction adds its in_proj, conv1d, x_proj, dt_proj and out_proj
+        explicitly, and 9 B L D N + 2 B L D for the selective scan (mamba
+        issue #110's count, with the D skip and the gate); attention
+        counts its two matmuls; STFT and iSTFT one real FFT of n_fft per
+        frame (2 n log2 n). Counted for one mixture (batch 1).
+
+        Arguments
+        ---------
+        num_samples : int, optional
+            Input length T; None: one second at ``sample_rate``.
+
+        Returns
+        -------
+        dict
+            MACs of ``stft`` (both transforms), ``embedding``,
+            ``mamba_projections`` (in/x/dt/out), ``mamba_conv``, ``scan``,
+            ``fold`` (the transposed convolutions of the paths),
+            ``attention`` (1x1 convs and matmuls), ``head``, and ``total``.
+
+        Example
+        -------
+        >>> macs = SPMamba(n_layers=6).macs()  # 1 s at 8 kHz
+        >>> round(macs["total"] / 1e9, 1)
+        116.4
+        """
+        T = self.sample_rate if num_samples is None else int(num_samples)
+        frames = 1 + T // self.hop_length  # centred STFT
+        n_freqs = self.n_fft // 2 + 1
+        C, S = self.embed[0].out_channels, self.num_spks
+        fft = 2 * self.n_fft * math.log2(self.n_fft)
+        macs = dict.fromkeys(
+            (
+                "stft",
+                "embedding",
+                "mamba_projections",
+                "mamba_conv",
+                "scan",
+                "fold",
+                "attention",
+                "head",
+            ),
+            0.0,
+        )
+        macs["stft"] = (1 + S) * frames * fft
+        macs["embedding"] = C * frames * n_freqs * 2 * 9
+        macs["head"] = 2 * S * frames * n_freqs * C * 9
+        for block in self.blocks:
+            K, hop = block.kernel_size, block.hop
+            padded_l, padded_f = block._padded(frames), block._padded(n_freqs)
+            for path, sequences, size in (
+                (block.intra, frames, padded_f),
+                (block.inter, n_freqs, padded_l),
+            ):
+                tokens = sequences * ((size - K) // hop + 1)
+                for direction in path.mamba.forward_blocks[:1]:
+                    m = direction.mixer
+                    d, D, N, R = m.d_model, m.d_inner, m.d_state, m.dt_rank
+                    layers = 2 * len(path.mamba.forward_blocks)  # 2 ways
+                    per_token = 2 * D * d + (R + 2 * N) * D + R * D + d * D
+                    macs["mamba_projections"] += layers * tokens * per_token
+                    macs["mamba_conv"] += layers * tokens * D * m.d_conv
+                    macs["scan"] += layers * tokens * (9 * D * N + 2 * D)
+                    fold = path.fold
+                    macs["fold"] += (
+                        tokens * fold.in_channels * C * fold.kernel_size[0]
+                    )
+            attention = block.attention
+            H, E = attention.heads, attention.qk_channels
+            pixels = frames * n_freqs
+            convs = pixels * C * (2 * H * E + C + C)  # Q, K, V, output
+            matmuls = H * frames * frames * (E + C // H) * n_freqs
+            macs["attention"] += convs + matmuls
+        macs["total"] = sum(macs.values())
+        return {key: int(round(value)) for key, value in macs.items()}
+
     @property
     def min_input_samples(self) -> int:
         """Shortest mixture the reflect-padded STFT takes: n_fft / 2 + 1."""
@@ -682,3 +765,251 @@ class SPMamba(nn.Module):
             scale = torch.where(silent, torch.zeros_like(std), std)  # [B, 1]
             waves = waves * scale[:, :, None]
         return waves.transpose(1, 2).to(mix.dtype)  # [B, T, S]
+
+
+# ---------------------------------------------------------------------------
+# CPU speed and memory benchmark
+# ---------------------------------------------------------------------------
+def sepformer_baseline(sample_rate: int = 8000, num_spks: int = 2):
+    """Stock SpeechBrain Sepformer with its WSJ0-2mix recipe's sizes
+    (25.7 M parameters; hparams/models/sepformer.yaml), the speed reference
+    of ``spmamba_speed``.
+
+    Arguments
+    ---------
+    sample_rate : int
+        Hz (recorded only; Sepformer works on samples).
+    num_spks : int
+        S.
+
+    Returns
+    -------
+    torch.nn.Module
+        A separator [B, T] -> [B, T, S].
+    """
+    from speechbrain.lobes.models.dual_path import (
+        Decoder,
+        Dual_Path_Model,
+        Encoder,
+        SBTransformerBlock,
+    )
+
+    from speechbrain_s4.models.masking import MaskingSeparator
+
+    def transformer():
+        return SBTransformerBlock(
+            num_layers=8,
+            d_model=256,
+            nhead=8,
+            d_ffn=1024,
+            dropout=0,
+            use_positional_encoding=True,
+            norm_before=True,
+        )
+
+    return MaskingSeparator(
+        Encoder(kernel_size=16, out_channels=256),
+        Dual_Path_Model(
+            num_spks=num_spks,
+            in_channels=256,
+            out_channels=256,
+            num_layers=2,
+            K=250,
+            intra_model=transformer(),
+            inter_model=transformer(),
+            norm="ln",
+            linear_layer_after_inter_intra=False,
+            skip_around_intra=True,
+        ),
+        Decoder(
+            in_channels=256,
+            out_channels=1,
+            kernel_size=16,
+            stride=8,
+            bias=False,
+        ),
+        num_spks=num_spks,
+        sample_rate=sample_rate,
+    )
+
+
+def spmamba_speed(
+    seconds: float = 1.0,
+    sample_rate: int = 8000,
+    threads: int = 1,
+    repeats: int = 3,
+    backend: str = "auto",
+    memory_seconds: float | None = 4.0,
+    seed: int = 0,
+    **model_kwargs,
+) -> list:
+    """CPU time of SPMamba against stock Sepformer, and training memory.
+
+    Both models (full size unless ``model_kwargs`` say otherwise, random
+    weights: the computation of a trained model) separate the same
+    ``seconds`` of noise in eval mode under ``no_grad``, alternately, in
+    this process; each time is the minimum over ``repeats`` runs after one
+    warm-up. The process CPU time (``time.process_time``) is the measure
+    that stays meaningful on a machine shared with other jobs; the wall
+    time is reported too. With ``memory_seconds``, a fresh subprocess runs
+    SPMamba's forward and backward on that much audio and reports its peak
+    resident memory (``ru_maxrss``).
+
+    Arguments
+    ---------
+    seconds : float
+        Mixture length timed.
+    sample_rate : int
+        Hz.
+    threads : int
+        torch intra-op threads (restored afterwards).
+    repeats : int
+        Timed runs per model.
+    backend : str
+        SPMamba's selective scan backend.
+    memory_seconds : float, optional
+        Audio of the forward+backward memory run; None skips it.
+    seed : int
+        Seeds the weights and the signal.
+    **model_kwargs
+        ``SPMamba`` keyword arguments.
+
+    Returns
+    -------
+    list of dict
+        Rows with ``model``, ``params``, ``gmacs`` (per ``seconds``),
+        ``cpu_s``, ``wall_s``, ``cpu_ratio`` (to Sepformer), ``peak_rss_mb``
+        (memory row only) and ``threads``.
+
+    Example
+    -------
+    >>> rows = spmamba_speed(seconds=0.1, repeats=1, memory_seconds=None,
+    ...                      n_layers=1, emb_dim=4, emb_ks=2, attn_n_head=2)
+    >>> [row["model"] for row in rows]
+    ['SPMamba', 'Sepformer (SpeechBrain)']
+    """
+    import time
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        spmamba = SPMamba(
+            sample_rate=sample_rate, backend=backend, **model_kwargs
+        ).eval()
+        sepformer = sepformer_baseline(sample_rate).eval()
+        mix = 0.1 * torch.randn(1, int(seconds * sample_rate))
+        models = {"SPMamba": spmamba, "Sepformer (SpeechBrain)": sepformer}
+        times = {name: [] for name in models}
+        with torch.no_grad():
+            for model in models.values():
+                model(mix)  # warm-up (allocations, kernel builds)
+            for _ in range(repeats):
+                for name, model in models.items():
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    model(mix)
+                    times[name].append(
+                        (time.process_time() - cpu, time.perf_counter() - wall)
+                    )
+        rows = []
+        for name, model in models.items():
+            cpu, wall = min(times[name])
+            rows.append(
+                {
+                    "model": name,
+                    "params": sum(p.numel() for p in model.parameters()),
+                    "gmacs": spmamba.macs(mix.shape[-1])["total"] / 1e9
+                    if model is spmamba
+                    else None,
+                    "cpu_s": cpu,
+                    "wall_s": wall,
+                    "threads": threads,
+                }
+            )
+        for row in rows:
+            row["cpu_ratio"] = row["cpu_s"] / rows[1]["cpu_s"]
+        if memory_seconds:
+            rows.append(
+                _training_memory(
+                    memory_seconds, sample_rate, threads, backend, model_kwargs
+                )
+            )
+        return rows
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _training_memory(seconds, sample_rate, threads, backend, model_kwargs):
+    """Peak RSS of one forward+backward, measured in a fresh process."""
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import json, resource, time, torch
+from speechbrain_s4.models.spmamba import SPMamba
+torch.set_num_threads({threads})
+torch.manual_seed(0)
+model = SPMamba(sample_rate={sample_rate}, backend={backend!r},
+                **json.loads({json.dumps(json.dumps(model_kwargs))}))
+mix = 0.1 * torch.randn(1, {int(seconds * sample_rate)})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cpu = time.process_time()
+model(mix).square().mean().backward()
+cpu = time.process_time() - cpu
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"before": before, "peak": peak, "cpu": cpu}}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return {
+        "model": f"SPMamba forward+backward, {seconds:g} s",
+        "params": None,
+        "gmacs": None,
+        "cpu_s": measured["cpu"],
+        "wall_s": None,
+        "cpu_ratio": None,
+        "peak_rss_mb": measured["peak"] / 1024,  # ru_maxrss is in KiB
+        "threads": threads,
+    }
+
+
+def format_speed_table(rows: list) -> str:
+    """``spmamba_speed`` rows as a fixed-width text table.
+
+    Arguments
+    ---------
+    rows : list of dict
+        As returned by ``spmamba_speed``.
+
+    Returns
+    -------
+    str
+        One line per row.
+    """
+
+    def cell(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    lines = [
+        f"{'model':<36} {'params':>10} {'GMACs':>7} {'CPU s':>7} "
+        f"{'wall s':>7} {'CPU x':>6} {'peak MB':>8}"
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['model']:<36} {cell(row['params'], ',d'):>10} "
+            f"{cell(row['gmacs'], '.1f'):>7} {cell(row['cpu_s'], '.2f'):>7} "
+            f"{cell(row['wall_s'], '.2f'):>7} "
+            f"{cell(row['cpu_ratio'], '.2f'):>6} "
+            f"{cell(row.get('peak_rss_mb'), '.0f'):>8}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m speechbrain_s4.models.spmamba
+    print(format_speed_table(spmamba_speed()))

@@ -433,3 +433,67 @@ def test_spmamba_trains_with_the_separation_brain(tmp_path):
     assert all(math.isfinite(loss) for loss in losses)
     # negative SI-SNR falls by several dB within a dozen steps
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 3.0, losses
+
+
+# --------------------------------------------------------------------------
+# MACs (MODELS.md 1.4)
+
+
+def test_spmamba_macs_per_second_match_the_specification():
+    """116.5 G/s at 8 kHz and 235 G/s at 16 kHz in MODELS.md 1.4."""
+    for rate, expected in ((8000, 116.5e9), (16000, 235e9)):
+        macs = SPMamba(sample_rate=rate).macs()
+        assert abs(macs["total"] - expected) < 0.005 * expected, macs
+        parts = sum(v for k, v in macs.items() if k != "total")
+        assert macs["total"] == parts
+
+
+def test_spmamba_macs_count_what_the_layers_compute():
+    """The convolution and linear terms against forward hooks on the layers
+    (fan-in times output elements), the scan and dt_proj terms against the
+    token counts the mixers actually see."""
+    model = SPMamba(**{**TINY, "n_layers": 2}).train()  # modules called
+    counted = {"linear": 0, "conv": 0, "tokens": 0}
+
+    def linear_hook(module, inputs, output):
+        counted["linear"] += output.numel() * module.in_features
+        if output.shape[-1] == 2 * module.in_features * TINY["expand"]:
+            counted["tokens"] += output.numel() // output.shape[-1]
+
+    def conv_hook(module, inputs, output):
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            fan = inputs[0].shape[1] * math.prod(module.kernel_size)
+            counted["conv"] += (
+                inputs[0].numel()
+                // inputs[0].shape[1]
+                * (fan * module.out_channels)
+            )
+        else:
+            fan = module.in_channels * math.prod(module.kernel_size)
+            counted["conv"] += output.numel() * fan // module.groups
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(linear_hook)
+        elif isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            module.register_forward_hook(conv_hook)
+    mix = torch.randn(1, 1000)
+    model(mix)
+    macs = model.macs(1000)
+    mixer = model.blocks[0].intra.mamba.forward_blocks[0].mixer
+    D, N, R = mixer.d_inner, mixer.d_state, mixer.dt_rank
+    tokens = counted["tokens"]  # summed over paths, directions and blocks
+    assert macs["mamba_projections"] == counted["linear"] + tokens * R * D
+    assert macs["scan"] == tokens * (9 * D * N + 2 * D)
+    assert macs["mamba_conv"] == tokens * D * mixer.d_conv
+    frames = 1 + 1000 // TINY["hop_length"]
+    n_freqs = TINY["n_fft"] // 2 + 1
+    matmuls = sum(
+        b.attention.heads
+        * frames**2
+        * (b.attention.qk_channels + TINY["emb_dim"] // b.attention.heads)
+        * n_freqs
+        for b in model.blocks
+    )
+    convs = macs["embedding"] + macs["head"] + macs["attention"] - matmuls
+    assert convs == counted["conv"]
