@@ -56,6 +56,7 @@ def main(argv=None):
             num_spks,
             sample_rate,
             hparams["segment_seconds"],
+            epoch_size=hparams.get("epoch_size"),
         )
     else:
         train_set = separation_dataset(

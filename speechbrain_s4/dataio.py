@@ -317,13 +317,14 @@ def dynamic_mixing_dataset(
     first_level_db: tuple = FIRST_LEVEL_DB,
     relative_level_db: tuple = RELATIVE_LEVEL_DB,
     noise_snr_db: tuple = NOISE_SNR_DB,
+    epoch_size: int = None,
 ) -> DynamicItemDataset:
     """A training set whose every item is a freshly drawn mixture.
 
-    The epoch has as many items as ``csv_path`` has rows; each item ignores
-    its row's files and mixes S different speakers from ``sources_csv``
-    (see the module docstring for the draws). When ``csv_path`` has a
-    ``noise_wav`` column, a random row's noise is added.
+    The epoch has ``epoch_size`` items, or as many as ``csv_path`` has rows;
+    each item ignores its row's files and mixes S different speakers from
+    ``sources_csv`` (see the module docstring for the draws). When
+    ``csv_path`` has a ``noise_wav`` column, a random row's noise is added.
 
     Arguments
     ---------
@@ -343,6 +344,9 @@ def dynamic_mixing_dataset(
         (mean, std) of the other speakers' levels relative to the first, dB.
     noise_snr_db : tuple of float
         (low, high) of the uniform SNR of the loudest speaker over the noise.
+    epoch_size : int, optional
+        Mixtures per epoch (validation and checkpoints come that often);
+        by default the number of rows of ``csv_path``.
 
     Returns
     -------
@@ -433,7 +437,14 @@ def dynamic_mixing_dataset(
         if noise is not None:
             yield noise  # noise_sig [T]
 
-    dataset = DynamicItemDataset.from_csv(csv_path)
+    if epoch_size is None:
+        dataset = DynamicItemDataset.from_csv(csv_path)
+    else:
+        if epoch_size < 1:
+            raise ValueError(f"epoch_size must be >= 1, got {epoch_size}")
+        dataset = DynamicItemDataset(
+            {f"dm_{index:07d}": {} for index in range(epoch_size)}
+        )
     dataset.add_dynamic_item(mix_item)
     dataset.set_output_keys(["id", *outputs])
     return dataset

@@ -543,6 +543,23 @@ def test_dynamic_mixing_draws_different_speakers_and_levels(tmp_path):
     assert 1.5 < np.std(relative) < 4.0
 
 
+def test_dynamic_mixing_epoch_size_sets_the_number_of_mixtures(tmp_path):
+    sources_csv = speaker_sources(tmp_path)
+    train_csv = write_csv(
+        tmp_path / "train.csv",
+        ["ID", "duration", "mix_wav", "s1_wav", "s2_wav"],
+        [[f"m{i}", 1.0, "unused", "unused", "unused"] for i in range(40)],
+    )
+    dataset = dynamic_mixing_dataset(
+        train_csv, sources_csv, 2, 8000, 0.5, epoch_size=7
+    )
+    assert len(dataset) == 7
+    item = dataset[6]
+    torch.testing.assert_close(item["mix_sig"], item["targets"].sum(-1))
+    with pytest.raises(ValueError, match="epoch_size"):
+        dynamic_mixing_dataset(train_csv, sources_csv, 2, 8000, 0.5, epoch_size=0)
+
+
 def test_dynamic_mixing_adds_noise_when_the_dataset_has_some(tmp_path):
     sources_csv = speaker_sources(tmp_path, num_speakers=3, per_speaker=1)
     noise_path = tmp_path / "noise.wav"
