@@ -11,7 +11,7 @@ step size Delta_t and projections B_t, C_t (section 3.2, Algorithm 2):
 
 ``selective_scan`` has the arguments, shapes and semantics of
 ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (v1.2) and
-chooses one of three backends that compute the same thing:
+chooses one of four backends that compute the same thing:
 
 * ``"ref"``: ``selective_scan_ref``, a plain loop over time. It is the
   specification the others are tested against; autograd differentiates it.
@@ -20,9 +20,12 @@ chooses one of three backends that compute the same thing:
   ``_ChunkedScan`` for why it is fast).
 * ``"cuda"``: mamba_ssm's fused CUDA kernel, only for CUDA tensors and only
   when ``pip install "speechbrain_s4[cuda]"`` has installed it.
+* ``"cpp"``: a fused C++ CPU kernel (``scan_cpp``), compiled on first use;
+  it needs a C++ compiler, ninja and the Python headers.
 
 ``"auto"`` takes ``"cuda"`` when mamba_ssm imports and the tensors are on a
-GPU, ``"torch"`` otherwise, and logs its choice once.
+GPU; on CPU, ``"cpp"`` when the C++ kernel builds or loads, else
+``"torch"``; it logs its choice once.
 
 Shape legend: B batch, D channels (d_inner = E * d_model in Mamba), L time,
 N state size (d_state), G groups of channels sharing B and C (D = G * Dg).
@@ -49,7 +52,7 @@ __all__ = ["BACKENDS", "selective_scan", "selective_scan_ref"]
 logger = logging.getLogger(__name__)
 
 #: Valid values of the ``backend`` argument.
-BACKENDS = ("auto", "ref", "torch", "cuda")
+BACKENDS = ("auto", "ref", "torch", "cuda", "cpp")
 
 CUDA_INSTALL_HINT = 'pip install "speechbrain_s4[cuda]"'
 
@@ -114,7 +117,8 @@ def selective_scan(
     return_last_state : bool
         Also return the final state h_{L-1}, [B, D, N] (float32 or float64).
     backend : str
-        One of "auto", "ref", "torch", "cuda" (see the module docstring).
+        One of "auto", "ref", "torch", "cuda", "cpp" (see the module
+        docstring).
 
     Returns
     -------
@@ -145,14 +149,19 @@ def selective_scan(
         return _selective_scan_cuda(u, delta, A, B, C, **kwargs)
     if choice == "ref":
         return selective_scan_ref(u, delta, A, B, C, **kwargs)
+    if choice == "cpp":
+        return _cpp_scan_module().selective_scan_cpp(
+            u, delta, A, B, C, **kwargs
+        )
     return _selective_scan_chunked(u, delta, A, B, C, **kwargs)
 
 
 def _resolve_backend(backend: str, u: torch.Tensor) -> str:
-    """Return the backend that runs: "ref", "torch" or "cuda".
+    """Return the backend that runs: "ref", "torch", "cuda" or "cpp".
 
     "auto" picks "cuda" for CUDA tensors (float32/16, bf16) when mamba_ssm's
-    kernel imports, "torch" otherwise, and logs each distinct choice once.
+    kernel imports, "cpp" for CPU tensors when the C++ kernel builds or
+    loads, "torch" otherwise, and logs each distinct choice once.
     """
     if backend not in BACKENDS:
         raise ValueError(
@@ -169,9 +178,24 @@ def _resolve_backend(backend: str, u: torch.Tensor) -> str:
                 f"installed with: {CUDA_INSTALL_HINT}"
             )
         return "cuda"
+    if backend == "cpp":
+        if u.device.type != "cpu":
+            raise ValueError(
+                "selective_scan backend 'cpp' is a CPU kernel and needs CPU "
+                f"tensors, got device {u.device}; use backend='auto'"
+            )
+        _cpp_scan_module().load_extension()  # raises naming what is missing
+        return "cpp"
     if backend != "auto":
         return backend
-    if not u.is_cuda:
+    if u.device.type == "cpu":
+        try:
+            _cpp_scan_module().load_extension()
+            choice, reason = "cpp", "the C++ CPU kernel loads"
+        except ImportError as err:
+            choice = "torch"
+            reason = f"the C++ CPU kernel is unavailable: {err}"
+    elif not u.is_cuda:
         choice, reason = "torch", f"tensors on {u.device.type}"
     elif u.dtype == torch.float64:
         choice, reason = "torch", "float64 (the CUDA kernel has no float64)"
@@ -186,6 +210,11 @@ def _resolve_backend(backend: str, u: torch.Tensor) -> str:
         _logged_choices.add((choice, reason))
         logger.info("selective_scan backend 'auto' -> %r: %s", choice, reason)
     return choice
+
+
+def _cpp_scan_module():
+    """The "cpp" backend's module (imported on use: it imports this one)."""
+    return importlib.import_module("speechbrain_s4.ssm.scan_cpp")
 
 
 def _cuda_scan_function():

@@ -282,6 +282,11 @@ def test_selective_scan_cuda_backend_asks_for_install_on_cpu():
 def test_selective_scan_auto_uses_torch_on_cpu_and_logs_once(
     caplog, monkeypatch
 ):
+    """Without the C++ kernel (tests/ssm/test_scan_cpp.py covers "cpp")."""
+    from speechbrain_s4.ssm import scan_cpp
+
+    monkeypatch.setitem(scan_cpp._state, "module", None)
+    monkeypatch.setitem(scan_cpp._state, "error", "no C++ compiler (test)")
     monkeypatch.setattr(scan, "_logged_choices", set())
     inputs = random_inputs(dtype=torch.float32)
     with caplog.at_level("INFO", logger="speechbrain_s4.ssm.scan"):
