@@ -1,14 +1,17 @@
 """Benchmarks printed as tables (speed goals live here, never in tests).
 
 ``kernel_benchmark`` times the sequence kernels on CPU: the selective scan
-of Mamba (Gu and Dao, arXiv:2312.00752) as the sequential reference loop and
-as the chunked "torch" backend, at SPMamba's mixer size (d_inner 512,
-d_state 16), and the S4 layer (Gu, Goel and Re, ICLR 2022) as S4M uses it
-(kernel + FFT convolution, H 512). ``format_kernel_table`` prints the rows.
+of Mamba (Gu and Dao, arXiv:2312.00752) as the sequential reference loop, as
+the chunked "torch" backend and as the fused C++ "cpp" backend, at
+SPMamba's mixer size (d_inner 512, d_state 16), and the S4 layer (Gu, Goel
+and Re, ICLR 2022) as S4M uses it (kernel + FFT convolution, H 512).
+``format_kernel_table`` prints the rows.
 
-Timings are wall-clock medians over repeats after a warm-up, with a fixed
-number of intra-op threads; the reference loop is slow in Python and is
-timed with fewer repeats.
+Timings are medians over repeats after a warm-up, with a fixed number of
+intra-op threads, of both the CPU time of the process (``time.process_time``,
+which a busy shared machine disturbs least) and the wall-clock time; the
+speed-ups are ratios of CPU times. The reference loop is slow in Python and
+is timed with fewer repeats.
 
 Authors
  * speechbrain_s4 contributors
@@ -38,15 +41,16 @@ def _num_threads(threads):
 
 
 def _median_ms(fn, repeats, warmup):
-    """Median wall time of fn() in milliseconds after ``warmup`` calls."""
+    """Median (wall, CPU) times of fn() in ms after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
 
 
 def _scan_inputs(batch, d_inner, d_state, length, seed):
@@ -105,7 +109,8 @@ def _forward_backward(fn, leaves, weight):
 
 
 def _time_scan(inputs, backend, repeats, warmup):
-    """(forward ms, forward+backward ms, output, input gradients)."""
+    """((wall, CPU) ms of the forward, of forward+backward, output, input
+    gradients)."""
     with torch.no_grad():
         forward_ms = _median_ms(
             lambda: _scan_call(inputs, backend), repeats, warmup
@@ -128,6 +133,40 @@ def _max_abs_diff(a, b):
     return float((a.double() - b.double()).abs().max())
 
 
+def _scan_row(kernel, size, timed, ref, torch_row=None):
+    """A scan's row: times, speed-ups (CPU time) over the loop ``ref`` and
+    the torch backend ``torch_row``, and the largest difference from the
+    loop over the output and the input gradients."""
+    (wall_f, cpu_f), (wall_fb, cpu_fb), out, grads = timed
+    extra = {}
+    if ref is not timed:
+        diffs = [_max_abs_diff(out, ref[2])]
+        peaks = [float(ref[2].abs().max())]
+        for grad, ref_grad in zip(grads, ref[3], strict=True):
+            diffs.append(_max_abs_diff(grad, ref_grad))
+            peaks.append(float(ref_grad.abs().max()))
+        extra = {
+            "speedup_forward": ref[0][1] / cpu_f,
+            "speedup_forward_backward": ref[1][1] / cpu_fb,
+            "max_abs_diff": max(diffs),
+            "max_rel_diff": max(
+                d / p for d, p in zip(diffs, peaks, strict=True) if p > 0
+            ),
+        }
+    if torch_row is not None:
+        extra["speedup_vs_torch_forward"] = torch_row[0][1] / cpu_f
+        extra["speedup_vs_torch_forward_backward"] = torch_row[1][1] / cpu_fb
+    return _row(
+        kernel,
+        size,
+        wall_f,
+        wall_fb,
+        forward_cpu_ms=cpu_f,
+        forward_backward_cpu_ms=cpu_fb,
+        **extra,
+    )
+
+
 def kernel_benchmark(
     batch: int = 4,
     d_inner: int = 512,
@@ -142,9 +181,10 @@ def kernel_benchmark(
 ) -> list[dict]:
     """Time the sequence kernels on CPU; one dict per table row.
 
-    Rows: the selective scan as the sequential loop ("ref") and as the
-    chunked CPU scan ("torch"), forward and forward+backward, with the
-    speed-up of the chunked scan and the largest difference between the two
+    Rows: the selective scan as the sequential loop ("ref"), as the chunked
+    CPU scan ("torch") and as the fused C++ kernel ("cpp", when it builds
+    here), forward and forward+backward, with the speed-ups over the loop
+    (and, for "cpp", over "torch") and the largest difference from the loop
     (outputs and input gradients, absolute and relative to the peak); then
     the S4 layer (DPLR kernel + FFT convolution + output layers,
     bidirectional) on [batch, s4_channels, length].
@@ -169,9 +209,13 @@ def kernel_benchmark(
     Returns
     -------
     list of dict
-        Keys: ``kernel``, ``size``, ``forward_ms``, ``forward_backward_ms``,
-        ``speedup_forward``, ``speedup_forward_backward``, ``max_abs_diff``,
-        ``max_rel_diff`` (None where not applicable).
+        Keys: ``kernel``, ``size``; ``forward_ms``, ``forward_backward_ms``
+        (wall clock) and ``forward_cpu_ms``, ``forward_backward_cpu_ms``
+        (CPU time); ``speedup_forward``, ``speedup_forward_backward`` (over
+        the loop), ``speedup_vs_torch_forward``,
+        ``speedup_vs_torch_forward_backward`` (over "torch"), all ratios of
+        CPU times; ``max_abs_diff``, ``max_rel_diff`` (None where not
+        applicable).
 
     Example
     -------
@@ -181,6 +225,7 @@ def kernel_benchmark(
     ...     print(row["kernel"])
     selective scan, sequential loop (ref)
     selective scan, chunked (torch)
+    selective scan, fused C++ (cpp)
     S4 layer: kernel + FFT conv (bidirectional)
     """
     size = f"B={batch} D={d_inner} N={d_state} L={length}"
@@ -193,31 +238,29 @@ def kernel_benchmark(
         }
         _time_scan(short, "ref", 1, 0)
         ref = _time_scan(inputs, "ref", ref_repeats, 0)
-        fast = _time_scan(inputs, "torch", repeats, 1)
-        diffs = [_max_abs_diff(fast[2], ref[2])]
-        peaks = [float(ref[2].abs().max())]
-        for fast_grad, ref_grad in zip(fast[3], ref[3], strict=True):
-            diffs.append(_max_abs_diff(fast_grad, ref_grad))
-            peaks.append(float(ref_grad.abs().max()))
+        chunked = _time_scan(inputs, "torch", repeats, 1)
         rows = [
-            _row("selective scan, sequential loop (ref)", size, ref[0], ref[1]),
-            _row(
-                "selective scan, chunked (torch)",
-                size,
-                fast[0],
-                fast[1],
-                speedup_forward=ref[0] / fast[0],
-                speedup_forward_backward=ref[1] / fast[1],
-                max_abs_diff=max(diffs),
-                max_rel_diff=max(
-                    d / p for d, p in zip(diffs, peaks, strict=True) if p > 0
-                ),
-            ),
+            _scan_row("selective scan, sequential loop (ref)", size, ref, ref),
+            _scan_row("selective scan, chunked (torch)", size, chunked, ref),
         ]
+        if _cpp_available():
+            fused = _time_scan(inputs, "cpp", repeats, 1)
+            rows.append(
+                _scan_row(
+                    "selective scan, fused C++ (cpp)", size, fused, ref, chunked
+                )
+            )
         rows.append(
             _s4_row(batch, s4_channels, s4_state, length, repeats, seed)
         )
     return rows
+
+
+def _cpp_available():
+    """Whether the "cpp" scan builds here (else its row is left out)."""
+    from speechbrain_s4.ssm.scan_cpp import extension_available
+
+    return extension_available()
 
 
 def _row(kernel, size, forward_ms, forward_backward_ms, **extra):
@@ -226,8 +269,12 @@ def _row(kernel, size, forward_ms, forward_backward_ms, **extra):
         "size": size,
         "forward_ms": forward_ms,
         "forward_backward_ms": forward_backward_ms,
+        "forward_cpu_ms": None,
+        "forward_backward_cpu_ms": None,
         "speedup_forward": None,
         "speedup_forward_backward": None,
+        "speedup_vs_torch_forward": None,
+        "speedup_vs_torch_forward_backward": None,
         "max_abs_diff": None,
         "max_rel_diff": None,
     }
@@ -243,28 +290,34 @@ def _s4_row(batch, channels, d_state, length, repeats, seed):
     layer = S4(d_model=channels, d_state=d_state, bidirectional=True)
     x = torch.randn(batch, channels, length)
     with torch.no_grad():
-        forward_ms = _median_ms(lambda: layer(x), repeats, 1)
+        forward = _median_ms(lambda: layer(x), repeats, 1)
     leaves = list(layer.parameters())
 
     def step():
         torch.autograd.grad(layer(x).sum(), leaves)
 
-    forward_backward_ms = _median_ms(step, repeats, 1)
+    forward_backward = _median_ms(step, repeats, 1)
     return _row(
         "S4 layer: kernel + FFT conv (bidirectional)",
         f"B={batch} H={channels} N={d_state} L={length}",
-        forward_ms,
-        forward_backward_ms,
+        forward[0],
+        forward_backward[0],
+        forward_cpu_ms=forward[1],
+        forward_backward_cpu_ms=forward_backward[1],
     )
 
 
 def format_kernel_table(rows: list[dict], threads: int | None = None) -> str:
     """Format ``kernel_benchmark`` rows as a plain-text table.
 
+    Times are shown as CPU / wall-clock milliseconds; speed-ups ("fwd" and
+    "fwd+bwd") are ratios of CPU times.
+
     Arguments
     ---------
     rows : list of dict
-        As returned by ``kernel_benchmark``.
+        As returned by ``kernel_benchmark`` (keys missing from a row show
+        as "-").
     threads : int, optional
         Thread count to mention in the title.
 
@@ -276,42 +329,60 @@ def format_kernel_table(rows: list[dict], threads: int | None = None) -> str:
     Example
     -------
     >>> row = dict(kernel="k", size="L=1", forward_ms=1.0,
-    ...            forward_backward_ms=2.0, speedup_forward=None,
-    ...            speedup_forward_backward=None, max_abs_diff=None,
-    ...            max_rel_diff=None)
+    ...            forward_backward_ms=2.0, forward_cpu_ms=0.9,
+    ...            forward_backward_cpu_ms=1.8, speedup_forward=3.0,
+    ...            speedup_forward_backward=2.5)
     >>> print(format_kernel_table([row]).splitlines()[-1])
-    k  L=1  1.0  2.0  -  -  -
+    k  L=1  0.9 / 1.0  1.8 / 2.0  3.0x / 2.5x  -  -
     """
     header = (
         "kernel",
         "size",
-        "forward ms",
-        "fwd+bwd ms",
-        "speed-up fwd",
-        "speed-up fwd+bwd",
+        "fwd ms cpu / wall",
+        "fwd+bwd ms cpu / wall",
+        "vs loop fwd / fwd+bwd",
+        "vs torch fwd / fwd+bwd",
         "max |diff| (rel. to peak)",
     )
 
-    def cell(value, fmt):
-        return "-" if value is None else format(value, fmt)
+    def pair(row, first, second, fmt, unit=""):
+        values = (row.get(first), row.get(second))
+        if all(value is None for value in values):
+            return "-"
+        return " / ".join(
+            "-" if value is None else format(value, fmt) + unit
+            for value in values
+        )
 
     lines = [header]
     for row in rows:
         diff = (
             "-"
-            if row["max_abs_diff"] is None
+            if row.get("max_abs_diff") is None
             else f"{row['max_abs_diff']:.2e} ({row['max_rel_diff']:.1e})"
         )
         lines.append(
             (
                 row["kernel"],
                 row["size"],
-                cell(row["forward_ms"], ".1f"),
-                cell(row["forward_backward_ms"], ".1f"),
-                cell(row["speedup_forward"], ".1f")
-                + ("x" if row["speedup_forward"] else ""),
-                cell(row["speedup_forward_backward"], ".1f")
-                + ("x" if row["speedup_forward_backward"] else ""),
+                pair(row, "forward_cpu_ms", "forward_ms", ".1f"),
+                pair(
+                    row, "forward_backward_cpu_ms", "forward_backward_ms", ".1f"
+                ),
+                pair(
+                    row,
+                    "speedup_forward",
+                    "speedup_forward_backward",
+                    ".1f",
+                    "x",
+                ),
+                pair(
+                    row,
+                    "speedup_vs_torch_forward",
+                    "speedup_vs_torch_forward_backward",
+                    ".1f",
+                    "x",
+                ),
                 diff,
             )
         )
@@ -323,6 +394,6 @@ def format_kernel_table(rows: list[dict], threads: int | None = None) -> str:
         ).rstrip()
         for line in lines
     ]
-    title = "CPU kernel benchmark (wall-clock medians"
+    title = "CPU kernel benchmark (medians; speed-ups from CPU time"
     title += f", {threads} threads)" if threads else ")"
     return "\n".join([title, *text])

@@ -16,6 +16,7 @@ TINY = {
 KERNELS = [
     "selective scan, sequential loop (ref)",
     "selective scan, chunked (torch)",
+    "selective scan, fused C++ (cpp)",
     "S4 layer: kernel + FFT conv (bidirectional)",
 ]
 
@@ -24,17 +25,27 @@ def test_kernel_benchmark_rows_are_finite_and_backends_agree():
     rows = kernel_benchmark(threads=1, repeats=2, **TINY)
     assert [row["kernel"] for row in rows] == KERNELS
     for row in rows:
-        assert math.isfinite(row["forward_ms"]) and row["forward_ms"] > 0
-        assert math.isfinite(row["forward_backward_ms"])
-        assert row["forward_backward_ms"] > 0
-    ref, fast, s4 = rows
-    assert ref["size"] == fast["size"] == "B=2 D=8 N=4 L=45"
+        for key in ("forward", "forward_backward"):
+            for clock in ("ms", "cpu_ms"):
+                time_ms = row[f"{key}_{clock}"]
+                assert math.isfinite(time_ms) and time_ms >= 0
+            assert row[f"{key}_ms"] > 0
+    ref, fast, fused, s4 = rows
+    assert ref["size"] == fast["size"] == fused["size"] == "B=2 D=8 N=4 L=45"
     assert s4["size"] == "B=2 H=8 N=8 L=45"
-    assert fast["speedup_forward"] == ref["forward_ms"] / fast["forward_ms"]
+    # speed-ups are ratios of CPU times
+    assert (
+        fast["speedup_forward"]
+        == ref["forward_cpu_ms"] / fast["forward_cpu_ms"]
+    )
+    assert fused["speedup_vs_torch_forward_backward"] == (
+        fast["forward_backward_cpu_ms"] / fused["forward_backward_cpu_ms"]
+    )
     assert math.isfinite(fast["speedup_forward_backward"])
-    # outputs and gradients of the two scans, float32
-    assert 0 <= fast["max_rel_diff"] <= 1e-5
-    assert fast["max_abs_diff"] >= 0
+    # outputs and gradients of each fast scan against the loop, float32
+    for row in (fast, fused):
+        assert 0 <= row["max_rel_diff"] <= 1e-5
+        assert row["max_abs_diff"] >= 0
     table = format_kernel_table(rows, threads=1)
     lines = table.splitlines()
     assert "1 threads" in lines[0]
