@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4.ssm import counting
+
 __all__ = [
     "GlobalLayerNorm",
     "DepthwiseConvNorm",
@@ -192,6 +194,8 @@ def depthwise_conv1d(conv: nn.Conv1d, x):
     """
     (k,), (stride,), (pad,) = conv.kernel_size, conv.stride, conv.padding
     if k == 1 and stride == 1:
+        if counting.active():
+            counting.note("conv", x.numel())
         out = x * conv.weight[:, 0]  # [B, C, L]
         return out if conv.bias is None else out + conv.bias[:, None]
     if stride != 1 or x.device.type != "cpu" or torch.is_grad_enabled():
@@ -200,6 +204,8 @@ def depthwise_conv1d(conv: nn.Conv1d, x):
         return conv(x)
     weight = conv.weight[:, 0]  # [C, k]
     length = x.shape[-1] + 2 * pad - k + 1
+    if counting.active():  # no operation counter sees the shifted sums
+        counting.note("conv", x.shape[0] * x.shape[1] * length * k)
     padded = F.pad(x, (pad, pad)) if pad else x
     out = padded[..., :length] * weight[:, :1]  # [B, C, L_out]
     for j in range(1, k):

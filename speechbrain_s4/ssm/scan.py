@@ -45,6 +45,8 @@ import types
 import torch
 import torch.nn.functional as F
 
+from speechbrain_s4.ssm import counting
+
 __all__ = ["BACKENDS", "selective_scan", "selective_scan_ref"]
 
 # ``ssm`` never imports SpeechBrain (DEVELOPING.md); this is the standard
@@ -69,6 +71,15 @@ _BLOCK_ELEMENTS = 2**18
 _CHECKPOINT_STEPS = 32
 
 _logged_choices = set()
+
+def _note_scan_macs(u, A, has_skip: bool, has_gate: bool) -> None:
+    """Report a scan's MACs (mamba issue #110: 9 B L D N, + B L D for the
+    D skip and for the z gate) to an active ``counting.record_macs``."""
+    batch, channels, length = u.shape
+    steps = batch * length * channels
+    counting.note(
+        "scan", 9 * steps * A.shape[-1] + steps * (has_skip + has_gate)
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -138,6 +149,8 @@ def selective_scan(
     torch.Size([2, 8, 37])
     """
     choice = _resolve_backend(backend, u)
+    if counting.active():
+        _note_scan_macs(u, A, D is not None, z is not None)
     kwargs = {
         "D": D,
         "z": z,
