@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4.ssm import counting
 from speechbrain_s4.ssm.scan import BACKENDS, selective_scan
 
 __all__ = ["BiMamba", "Block", "Mamba", "RMSNorm"]
@@ -448,6 +449,8 @@ def _causal_depthwise_conv(x, weight, bias):
         [B, L, C]: out_t = bias + sum_w weight[:, 0, w] x_{t - W + 1 + w}.
     """
     length, width = x.shape[1], weight.shape[-1]
+    if counting.active():  # no operation counter sees the shifted sums
+        counting.note("conv", x.shape[0] * length * x.shape[2] * width)
     taps = weight[:, 0]  # [C, W]
     # the tap on x_t, then the taps on x_{t - s} for shifts s = 1 .. W - 1
     if bias is None:
