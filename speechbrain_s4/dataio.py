@@ -289,7 +289,7 @@ def separation_dataset(
     def read_item(*paths):
         # one offset for every file, so mixture, sources and noise stay aligned
         length = min(audio_length(path, sample_rate) for path in paths)
-        num_samples = length if segment is None else min(segment, length)
+        num_samples = crop_length(length, segment, sample_rate)
         offset = random_offset(length, num_samples)
         signals = [
             read_segment(path, sample_rate, offset, num_samples)
@@ -396,9 +396,7 @@ def dynamic_mixing_dataset(
             pick = torch.randint(len(noise_files), ()).item()
             files.append(noise_files[pick])
         lengths = [audio_length(path, sample_rate) for path in files]
-        num_samples = min(lengths)
-        if segment is not None:
-            num_samples = min(num_samples, segment)
+        num_samples = crop_length(min(lengths), segment, sample_rate)
         signals = [
             read_segment(
                 path,
@@ -523,6 +521,41 @@ def _speaker_table(sources_csv) -> dict:
         for row in csv.DictReader(handle):
             speakers.setdefault(row["spk_id"], []).append(row["wav"])
     return speakers
+
+
+def crop_length(available: int, segment, sample_rate: int) -> int:
+    """Samples of a training crop: ``segment``, or less when the audio is
+    shorter, rounded down to a multiple of 1/8 s.
+
+    The rounding keeps the number of distinct tensor shapes small: oneDNN
+    caches a convolution primitive (with its buffers) per shape, and
+    hundreds of crop lengths made a training process grow by gigabytes.
+
+    Arguments
+    ---------
+    available : int
+        Samples the files have.
+    segment : int or None
+        Longest crop in samples; None keeps whole utterances (no rounding).
+    sample_rate : int
+        Hz.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> crop_length(19100, 24000, 8000), crop_length(900, 24000, 8000)
+    (19000, 900)
+    """
+    if segment is None:
+        return available
+    num_samples = min(segment, available)
+    quantum = max(sample_rate // 8, 1)
+    if num_samples >= quantum:
+        num_samples -= num_samples % quantum
+    return num_samples
 
 
 def _segment_samples(segment_seconds, sample_rate):
