@@ -383,6 +383,22 @@ def test_spmamba_gradients_reach_every_parameter():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("hop", [1, 2])
+def test_bmamba_path_fold_equals_the_transposed_convolution(hop):
+    """The matmul + overlap-add fold is ConvTranspose1d(2CK, C, K, hop)."""
+    from speechbrain_s4.models.spmamba import BMambaPath
+
+    torch.manual_seed(0)
+    path = perturb_(BMambaPath(4, kernel_size=3, hop=hop, d_state=4))
+    x = torch.randn(2, 4, 5, 3 + 4 * hop)  # (F - K) divisible by the hop
+    normed = path.norm(x).transpose(1, 2)  # [B, L, C, F]
+    windows = normed.unfold(3, 3, hop).permute(0, 1, 3, 2, 4)
+    sequences = windows.reshape(10, windows.shape[2], 12)  # [B L, F', C K]
+    folded = path.fold(path.mamba(sequences).transpose(1, 2))  # [B L, C, F]
+    expected = x + folded.view(2, 5, 4, -1).transpose(1, 2)
+    assert_close_to_peak(path(x), expected, 1e-6, "fold")
+
+
 def test_spmamba_checkpointing_gives_the_same_gradients():
     """Recomputing the paths in the backward pass changes nothing; a path
     whose input needs no gradient (frozen embedding) still trains."""
