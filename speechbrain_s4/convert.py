@@ -565,11 +565,8 @@ def _spmamba_reference_name(model: nn.Module, key: str) -> str:
     for old, new in _SPMAMBA_PREFIXES:
         if rest.startswith(new):
             name = prefix + old + rest[len(new) :]
-            if "norm" in old or old == "attn_concat_proj.":
-                if old == "attn_concat_proj." and not rest.startswith(
-                    "attention.output.2."
-                ):
-                    return name
+            # the reference's layer norms call their gain and bias gamma, beta
+            if old.endswith("_norm.") or rest.startswith("attention.output.2"):
                 name = re.sub(r"\.weight$", ".gamma", name)
                 name = re.sub(r"\.bias$", ".beta", name)
             return name

@@ -225,6 +225,44 @@ def _to_reference(model):
     return out
 
 
+@pytest.mark.parametrize(
+    "config, rate",
+    [
+        ("spmamba_8k (paper, librimix/wham/wsj0 yml)", 8000),
+        ("spmamba_16k (echo2mix yml)", 16000),
+    ],
+)
+def test_spmamba_full_size_reference_layout_loads(manifest, config, rate):
+    """Every key and shape of the reference's full models (manifest): a
+    state dict of that layout loads strictly with no arguments, and the
+    names our keys map back to are exactly the reference's keys."""
+    from speechbrain_s4.convert import _spmamba_reference_name
+
+    shapes = manifest["models"]["SPMamba"]["configs"][config][
+        "state_dict_keys"
+    ]["shapes"]
+    assert len(shapes) == 684
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v, generator=gen) for k, v in shapes.items()}
+    model = load_reference_checkpoint(state, arch="spmamba")
+    assert model.sample_rate == rate and len(model.blocks) == 6
+    names = set()
+    for key in model.state_dict():
+        name = _spmamba_reference_name(model, key)
+        heads = model.blocks[0].attention.heads
+        pattern = f"{{0..{heads - 1}}}"
+        names.update(
+            [name.replace(pattern, str(h)) for h in range(heads)]
+            if pattern in name
+            else [name]
+        )
+    assert names == set(shapes)
+    assert torch.equal(
+        model.state_dict()["blocks.5.attention.key.norm.weight"][2],
+        state["blocks.5.attn_conv_K_2.2.gamma"][0, :, 0],
+    )
+
+
 def test_spmamba_loader_reports_what_does_not_fit(golden):
     state = golden("spmamba_8k_L2_state_dict")
     with pytest.raises(ValueError, match="n_layers=6 .*has 2"):
