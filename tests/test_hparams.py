@@ -39,6 +39,15 @@ TINY = {
         "depth": 2,
         "d_state": 4,
     },
+    "spmamba": {
+        "n_layers": 1,
+        "emb_dim": 4,
+        "emb_ks": 2,
+        "attn_n_head": 2,
+        "attn_approx_qk_dim": 64,
+        "d_state": 4,
+        "expand": 2,
+    },
     "sepformer": {
         "encoder_filters": 8,
         "num_layers": 1,
