@@ -27,6 +27,9 @@ _REGISTRY = {
         "CausalS4M",
         {"decoder_s4": False},
     ),
+    # stock SpeechBrain lobes with SpeechBrain's WSJ0Mix recipe sizes
+    "sepformer": ("speechbrain_s4.models.baselines", "Sepformer", {}),
+    "convtasnet": ("speechbrain_s4.models.baselines", "ConvTasNet", {}),
 }
 
 MODEL_NAMES = tuple(_REGISTRY)
