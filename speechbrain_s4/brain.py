@@ -455,6 +455,47 @@ class Separation(sb.Brain):
             speeds = getattr(self.hparams.speed_perturb, "speeds", "?")
             logger.info(f"speed perturbation of each source: {speeds} %")
 
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Load the checkpoint to evaluate: the best by ``min_key`` /
+        ``max_key``, else the most recent one.
+
+        SpeechBrain only considers checkpoints whose metadata carry the key,
+        i.e. those saved after a validation. A run stopped before its first
+        validation has only intra-epoch checkpoints, and ``--test_only`` on it
+        would silently score the freshly initialised weights; the most
+        recent checkpoint is loaded instead, with a warning.
+
+        Arguments
+        ---------
+        max_key : str, optional
+            Metadata key of the best checkpoint, higher is better.
+        min_key : str, optional
+            Metadata key of the best checkpoint, lower is better.
+        """
+        if self.checkpointer is None:
+            return
+        key = max_key or min_key
+        if key is not None:
+            if self.checkpointer.find_checkpoint(max_key=max_key, min_key=min_key):
+                self.checkpointer.recover_if_possible(
+                    max_key=max_key, min_key=min_key
+                )
+                return
+        latest = self.checkpointer.find_checkpoint()
+        if latest is None:
+            logger.warning(
+                f"no checkpoint in {self.checkpointer.checkpoints_dir}: "
+                "evaluating the model's current weights"
+            )
+            return
+        if key is not None:
+            logger.warning(
+                f"no checkpoint in {self.checkpointer.checkpoints_dir} "
+                f"carries {key!r} (none was saved after a validation): "
+                f"evaluating the most recent one, {latest.path.name}"
+            )
+        self.checkpointer.load_checkpoint(latest)
+
     def on_stage_start(self, stage, epoch=None):
         """Reset the per-stage counters; say where a training epoch starts."""
         if stage == sb.Stage.TRAIN:

@@ -593,3 +593,51 @@ def test_dynamic_mixing_needs_enough_speakers(tmp_path):
         dynamic_mixing_dataset(train_csv, sources_csv, 3, 8000)
     with pytest.raises(ValueError, match="dynamic_mixing"):
         dynamic_mixing_dataset(train_csv, None, 2, 8000)
+
+
+# --------------------------------------------------------------------------
+# which checkpoint evaluation loads
+
+
+def checkpointed_brain(tmp_path, gains):
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    separator = Gains()
+    brain = make_brain(tmp_path, separator)
+    brain.checkpointer = Checkpointer(
+        tmp_path / "save", recoverables={"separator": separator}
+    )
+    return brain, separator
+
+
+def test_evaluation_loads_the_best_validated_checkpoint(tmp_path):
+    brain, separator = checkpointed_brain(tmp_path, Gains())
+    for gain, loss in ((2.0, -5.0), (3.0, -1.0)):  # the first is the best
+        separator.gain.data.fill_(gain)
+        brain.checkpointer.save_checkpoint(meta={"si-snr": loss})
+    separator.gain.data.fill_(9.0)
+    brain.on_evaluate_start(min_key="si-snr")
+    assert separator.gain.tolist() == [2.0, 2.0]
+
+
+def test_evaluation_without_validated_checkpoints_loads_the_latest(
+    tmp_path, caplog
+):
+    # a run stopped before its first validation: intra-epoch checkpoints only
+    brain, separator = checkpointed_brain(tmp_path, Gains())
+    for gain in (2.0, 3.0):
+        separator.gain.data.fill_(gain)
+        brain.checkpointer.save_checkpoint(meta={"end-of-epoch": False})
+    separator.gain.data.fill_(9.0)  # what --test_only would otherwise score
+    with caplog.at_level("WARNING"):
+        brain.on_evaluate_start(min_key="si-snr")
+    assert separator.gain.tolist() == [3.0, 3.0]
+    assert "carries 'si-snr'" in caplog.text
+
+
+def test_evaluation_without_any_checkpoint_keeps_the_weights(tmp_path, caplog):
+    brain, separator = checkpointed_brain(tmp_path, Gains())
+    with caplog.at_level("WARNING"):
+        brain.on_evaluate_start(min_key="si-snr")
+    assert separator.gain.tolist() == [1.0, 0.5]
+    assert "no checkpoint in" in caplog.text
