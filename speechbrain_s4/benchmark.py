@@ -1,17 +1,36 @@
 """Benchmarks printed as tables (speed goals live here, never in tests).
 
-``kernel_benchmark`` times the sequence kernels on CPU: the selective scan
-of Mamba (Gu and Dao, arXiv:2312.00752) as the sequential reference loop, as
-the chunked "torch" backend and as the fused C++ "cpp" backend, at
-SPMamba's mixer size (d_inner 512, d_state 16), and the S4 layer (Gu, Goel
-and Re, ICLR 2022) as S4M uses it (kernel + FFT convolution, H 512).
-``format_kernel_table`` prints the rows.
+Three tables, one command each (``speechbrain-s4 benchmark``):
+
+* **The models side by side** (:func:`model_benchmark`, printed by
+  :func:`format_model_table`, written as CSV + Markdown + PNG by
+  :func:`write_model_report`): S4M-tiny and S4M (Chen et al., Interspeech
+  2023), SPMamba (Li et al., arXiv:2404.02063) and SpeechBrain's stock
+  Sepformer (Subakan et al., ICASSP 2021) and Conv-TasNet (Luo and
+  Mesgarani, IEEE/ACM TASLP 2019), all measured in one run on this machine:
+  parameters, MACs per second of audio (``speechbrain_s4.macs``), CPU
+  forward time of 1 s at 8 and 16 kHz as a ratio to Sepformer's, the peak
+  memory of a 1 s forward (a fresh process per model), the time of one
+  training step, SI-SNRi read from results CSVs, and the time over each
+  model's MAC floor at the measured matmul speed of the machine. The speed
+  goals of issues 3 and 4 (S4M-tiny <= 0.15x, S4M <= 0.40x, SPMamba <= 3x
+  Sepformer's forward time) are reported as reached or not.
+* **The sequence kernels** (:func:`kernel_benchmark`,
+  :func:`format_kernel_table`): the selective scan of Mamba (Gu and Dao,
+  arXiv:2312.00752) as the sequential reference loop, as the chunked
+  "torch" backend and as the fused C++ "cpp" backend, at SPMamba's mixer
+  size (d_inner 512, d_state 16), and the S4 layer (Gu, Goel and Re, ICLR
+  2022) as S4M uses it (kernel + FFT convolution, H 512).
+* **Streaming** of the causal S4M-tiny: its real-time factor per chunk size
+  is ``speechbrain_s4.models.s4m_causal.rtf_benchmark`` (the command prints
+  it with ``--streaming``).
 
 Timings are medians over repeats after a warm-up, with a fixed number of
 intra-op threads, of both the CPU time of the process (``time.process_time``,
-which a busy shared machine disturbs least) and the wall-clock time; the
-speed-ups are ratios of CPU times. The reference loop is slow in Python and
-is timed with fewer repeats.
+summed over threads, which a busy shared machine disturbs least) and the
+wall-clock time (which also counts the time spent waiting for a core);
+ratios and speed-ups are ratios of CPU times. Slow cases get fewer repeats
+(the reference loop; models whose warm-up exceeds a time budget).
 
 Authors
  * speechbrain_s4 contributors
@@ -20,13 +39,36 @@ Authors
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import math
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
+from speechbrain.utils.logger import get_logger
 
-__all__ = ["format_kernel_table", "kernel_benchmark"]
+logger = get_logger(__name__)
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "MODEL_LABELS",
+    "REFERENCE_MODEL",
+    "SPEED_GOALS",
+    "format_kernel_table",
+    "format_model_table",
+    "kernel_benchmark",
+    "matmul_gflops",
+    "model_benchmark",
+    "read_si_snr_improvement",
+    "write_model_report",
+]
 
 
 @contextlib.contextmanager
@@ -397,3 +439,756 @@ def format_kernel_table(rows: list[dict], threads: int | None = None) -> str:
     title = "CPU kernel benchmark (medians; speed-ups from CPU time"
     title += f", {threads} threads)" if threads else ")"
     return "\n".join([title, *text])
+
+
+# ---------------------------------------------------------------------------
+# The models side by side
+# ---------------------------------------------------------------------------
+
+#: registry names of the default rows, in table order
+DEFAULT_MODELS = ("s4m-tiny", "s4m", "spmamba", "sepformer", "convtasnet")
+
+#: registry name -> row label
+MODEL_LABELS = {
+    "s4m-tiny": "S4M-tiny",
+    "s4m": "S4M",
+    "spmamba": "SPMamba",
+    "sepformer": "Sepformer (SpeechBrain)",
+    "convtasnet": "Conv-TasNet (SpeechBrain)",
+    "s4m-tiny-causal": "S4M-tiny causal",
+}
+
+#: the model every time is divided by (always measured: the ratios need it)
+REFERENCE_MODEL = "sepformer"
+
+#: forward CPU time of 1 s at 8 kHz, at most this many times Sepformer's
+#: (issue 3: S4M-tiny and S4M; issue 4: SPMamba)
+SPEED_GOALS = {"s4m-tiny": 0.15, "s4m": 0.40, "spmamba": 3.0}
+
+#: the sampling rates of the forward-time columns, Hz
+FORWARD_RATES = (8000, 16000)
+
+MAC_CONVENTION = (
+    "MACs per second of audio at 8 kHz, batch 1, forward only "
+    "(speechbrain_s4.macs.count_macs, MODELS.md 1.4): convolutions, linears "
+    "and matrix products counted at PyTorch's dispatch level (an output "
+    "element with fan-in f costs f; biases, norms, activations free); FFTs "
+    "(2 n log2 n per real transform, 4 per complex product) and selective "
+    "scans (9 L D N + 2 L D) added by formula."
+)
+
+
+def matmul_gflops(
+    threads: int = 1, size: int = 2048, repeats: int = 3
+) -> dict:
+    """The machine's float32 matrix-product speed at a thread count.
+
+    Times ``size x size @ size x size`` (2 size^3 floating-point operations)
+    after one warm-up; the speed is the operation count over the median
+    time. It is the ceiling the models' MAC counts are compared against:
+    a model that were nothing but large GEMMs would run at this speed.
+
+    Arguments
+    ---------
+    threads : int
+        Intra-op threads (restored afterwards).
+    size : int
+        Side of the square matrices.
+    repeats : int
+        Timed products.
+
+    Returns
+    -------
+    dict
+        ``cpu_gflops`` (per CPU-second, summed over threads: the measure
+        the model times are compared with) and ``wall_gflops``, plus
+        ``size`` and ``threads``.
+
+    Example
+    -------
+    >>> speed = matmul_gflops(size=64, repeats=1)
+    >>> speed["cpu_gflops"] > 0
+    True
+    """
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    with _num_threads(threads):
+        wall_ms, cpu_ms = _median_ms(lambda: torch.mm(a, b), repeats, 1)
+    flops = 2.0 * size**3
+    return {
+        "cpu_gflops": flops / (max(cpu_ms, 1e-6) * 1e-3) / 1e9,
+        "wall_gflops": flops / (max(wall_ms, 1e-6) * 1e-3) / 1e9,
+        "size": size,
+        "threads": threads,
+    }
+
+
+def read_si_snr_improvement(path: str | os.PathLike) -> float:
+    """SI-SNRi (dB) of the ``avg`` row of a results CSV.
+
+    The CSV is the layout ``speechbrain_s4.metrics.write_results_csv`` (and
+    SpeechBrain's separation recipes) write: columns ``snt_id, sdr, sdr_i,
+    si-snr, si-snr_i``, one row per utterance and a last ``avg`` row.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The CSV file.
+
+    Returns
+    -------
+    float
+        The ``si-snr_i`` value of the ``avg`` row.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "test_results.csv")
+    >>> with open(path, "w") as handle:
+    ...     _ = handle.write("snt_id,sdr,sdr_i,si-snr,si-snr_i\\n"
+    ...                      "a,9,9,8,8\\navg,9.5,9.5,8.5,8.25\\n")
+    >>> read_si_snr_improvement(path)
+    8.25
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no results CSV at {path}; give the test_results.csv that "
+            "training or `speechbrain-s4 evaluate --csv` wrote"
+        )
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if "si-snr_i" not in (reader.fieldnames or []):
+            raise ValueError(
+                f"{path} has no si-snr_i column (columns: "
+                f"{', '.join(reader.fieldnames or [])}); expected a results "
+                "CSV with snt_id, sdr, sdr_i, si-snr, si-snr_i"
+            )
+        for row in reader:
+            if row.get("snt_id") == "avg":
+                try:
+                    return float(row["si-snr_i"])
+                except ValueError:
+                    raise ValueError(
+                        f"{path}: the avg row's si-snr_i is "
+                        f"{row['si-snr_i']!r}, not a number"
+                    ) from None
+    raise ValueError(
+        f"{path} has no 'avg' row; expected the results CSV layout of "
+        "speechbrain_s4.metrics.write_results_csv (an avg row at the end)"
+    )
+
+
+def _timed_runs(fn, repeats, budget_s, warmup=None):
+    """Median (wall, CPU) seconds of fn() and the number of timed runs.
+
+    ``warmup`` (default: fn) runs once untimed. Then fn() is timed up to
+    ``repeats`` times, stopping early once one more run would take the CPU
+    time spent so far past ``budget_s`` (always at least one run): slow
+    models get fewer repeats.
+    """
+    (warmup or fn)()
+    wall, cpu = [], []
+    while len(cpu) < repeats:
+        if cpu and sum(cpu) + statistics.median(cpu) > budget_s:
+            break
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
+    return statistics.median(wall), statistics.median(cpu), len(cpu)
+
+
+def _build(name, sample_rate, overrides, seed):
+    from speechbrain_s4.models import build
+
+    torch.manual_seed(seed)
+    return build(name, sample_rate=sample_rate, **dict(overrides or {}))
+
+
+def _forward_times(name, sample_rate, seconds, overrides, repeats, budget_s,
+                   seed):
+    """(wall s, CPU s, runs) of an eval, no_grad forward of ``seconds``."""
+    model = _build(name, sample_rate, overrides, seed).eval()
+    generator = torch.Generator().manual_seed(seed)
+    mix = 0.1 * torch.randn(1, int(round(seconds * sample_rate)),
+                            generator=generator)  # [1, T]
+    with torch.no_grad():
+        return _timed_runs(lambda: model(mix), repeats, budget_s)
+
+
+def _train_step_times(name, sample_rate, seconds, overrides, repeats,
+                      budget_s, seed):
+    """(wall s, CPU s, runs) of forward + backward + Adam step, batch 1.
+
+    The loss is SpeechBrain's permutation-invariant negative SI-SNR (the
+    training loss of every recipe here). The warm-up step runs on a 0.5 s
+    crop, so the slowest models do not pay two full steps.
+    """
+    from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
+
+    model = _build(name, sample_rate, overrides, seed).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+
+    def batch(length):
+        sources = 0.1 * torch.randn(1, length, model.num_spks,
+                                    generator=generator)  # [1, T, S]
+        return sources.sum(-1), sources  # [1, T], [1, T, S]
+
+    def step(mix, sources):
+        optimizer.zero_grad(set_to_none=True)
+        loss = get_si_snr_with_pitwrapper(sources, model(mix)).mean()
+        loss.backward()
+        optimizer.step()
+
+    length = int(round(seconds * sample_rate))
+    short = batch(min(length, sample_rate // 2))
+    full = batch(length)
+    return _timed_runs(lambda: step(*full), repeats, budget_s,
+                       warmup=lambda: step(*short))
+
+
+def _measure_in_fresh_process(**arguments):
+    """Run ``_child_measurements(**arguments)`` in a new Python process.
+
+    ``ru_maxrss`` is a high-water mark of the whole process, so each model
+    gets its own interpreter and the models do not pollute each other's
+    peaks (nor leave their freed memory in this process's heap).
+    """
+    script = (
+        "import json, sys\n"
+        "from speechbrain_s4.benchmark import _child_measurements\n"
+        "print(json.dumps(_child_measurements(**json.loads(sys.argv[1]))))\n"
+    )
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [package_root, env.get("PYTHONPATH")])
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(arguments)],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"the memory measurement of {arguments['name']} failed:\n"
+            f"{result.stderr}"
+        )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _child_measurements(name, seconds, threads, overrides, seed,
+                        train_seconds, repeats, budget_s):
+    """Run in the subprocess: peak RSS (MiB) after building the model,
+    after one forward of ``seconds`` at 8 kHz, then after the timed
+    training steps of ``train_seconds`` (whose times it returns too)."""
+    torch.set_num_threads(threads)
+    model = _build(name, 8000, overrides, seed).eval()
+    mix = 0.1 * torch.randn(1, int(round(seconds * 8000)))  # [1, T]
+    report = {"built_mb": _peak_rss_mb()}
+    with torch.no_grad():
+        model(mix)
+    report["peak_mb"] = _peak_rss_mb()
+    del model, mix
+    if train_seconds:
+        wall, cpu, runs = _train_step_times(
+            name, 8000, train_seconds, overrides, repeats, budget_s, seed
+        )
+        report.update(train_wall_s=wall, train_cpu_s=cpu, train_runs=runs,
+                      train_peak_mb=_peak_rss_mb())
+    return report
+
+
+def _peak_rss_mb():
+    """This process's peak resident memory so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
+
+
+def _ratio(value, reference):
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def model_benchmark(
+    models: Sequence[str] = DEFAULT_MODELS,
+    threads: int = 1,
+    repeats: int = 5,
+    budget_s: float = 10.0,
+    seconds: float = 1.0,
+    forward_rates: Sequence[int] = FORWARD_RATES,
+    train_seconds: float = 4.0,
+    results: Mapping[str, str | os.PathLike] | None = None,
+    memory: bool = True,
+    overrides: Mapping[str, Mapping] | None = None,
+    gemm_size: int = 2048,
+    seed: int = 0,
+) -> dict:
+    """Measure the separators side by side, in this process, on this machine.
+
+    For every model (built by ``speechbrain_s4.models.build``, random
+    weights: a trained model computes the same): parameters; MACs per
+    second of audio at 8 kHz (``speechbrain_s4.macs.count_macs``); the
+    forward time of ``seconds`` of audio at each rate of ``forward_rates``
+    (eval, ``no_grad``, batch 1, median after a warm-up; CPU time of the
+    process and wall clock) and its ratio to Sepformer's (CPU times); the
+    peak resident memory of a forward at 8 kHz, then the time and peak
+    memory of a training step (forward + backward + Adam step, batch 1,
+    ``train_seconds`` at 8 kHz), both in a fresh subprocess per model (in
+    this process, without the peaks, when ``memory`` is False); SI-SNRi
+    from ``results``; and the forward
+    CPU time at 8 kHz over the model's MAC floor, the time its MACs would
+    take at the machine's measured matmul speed (2 FLOPs per MAC).
+
+    Arguments
+    ---------
+    models : sequence of str
+        Registry names, in row order. Sepformer (``REFERENCE_MODEL``) is
+        measured even when not listed (the ratios need it) and then shown
+        last.
+    threads : int
+        Intra-op threads for every measurement (1 by default: on a shared
+        machine several threads mostly wait for each other).
+    repeats : int
+        Most timed runs per measurement (after one warm-up).
+    budget_s : float
+        CPU seconds per measurement after which no further repeat starts
+        (the slow models get fewer repeats; always one).
+    seconds : float
+        Audio length of the forward and memory measurements.
+    forward_rates : sequence of int
+        Sampling rates (Hz) of the forward-time columns; 8000 must be one.
+    train_seconds : float
+        Crop length of the training step at 8 kHz (0 skips it).
+    results : mapping, optional
+        Model name -> results CSV (``read_si_snr_improvement``).
+    memory : bool
+        Measure the peak memories (one subprocess per model, which also
+        times the training step).
+    overrides : mapping, optional
+        Model name -> constructor overrides (tests use tiny models).
+    gemm_size : int
+        Side of the square GEMM of ``matmul_gflops``.
+    seed : int
+        Seeds weights and signals.
+
+    Returns
+    -------
+    dict
+        ``rows`` (one dict per model: ``model``, ``label``, ``params``,
+        ``macs_per_s``, per rate ``fwd{k}k_cpu_s``, ``fwd{k}k_wall_s``,
+        ``fwd{k}k_runs``, ``fwd{k}k_ratio``, then ``peak_rss_mb``,
+        ``built_rss_mb``, ``train_peak_rss_mb``, ``train_cpu_s``,
+        ``train_wall_s``,
+        ``train_runs``, ``si_snr_i``, ``mac_floor_s``, ``over_floor``,
+        ``goal``, ``goal_reached``), ``gemm`` (``matmul_gflops``) and
+        ``settings`` (the arguments used, with ``torch`` and ``cpu``).
+
+    Example
+    -------
+    >>> tiny = {"s4m-tiny": dict(num_blocks=1, hidden_channels=16,
+    ...                          bottleneck_channels=8),
+    ...         "sepformer": dict(encoder_filters=8, chunk_size=10,
+    ...                           num_repeats=1, num_layers=1, nhead=2,
+    ...                           d_ffn=16)}
+    >>> report = model_benchmark(["s4m-tiny"], repeats=1, seconds=0.1,
+    ...                          forward_rates=[8000], train_seconds=0.1,
+    ...                          memory=False, overrides=tiny, gemm_size=64)
+    >>> [row["model"] for row in report["rows"]]
+    ['s4m-tiny', 'sepformer']
+    """
+    from speechbrain_s4.macs import count_macs
+    from speechbrain_s4.models import MODEL_NAMES
+
+    models = list(dict.fromkeys(models))
+    unknown = [name for name in models if name not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(
+            f"unknown model name {', '.join(map(repr, unknown))}; expected "
+            f"some of {', '.join(MODEL_NAMES)}"
+        )
+    if REFERENCE_MODEL not in models:
+        models.append(REFERENCE_MODEL)
+    if 8000 not in forward_rates:
+        raise ValueError(
+            f"forward_rates {list(forward_rates)} must include 8000 (the "
+            "rate of the MAC count, the ratios' goals and the MAC floor)"
+        )
+    results = dict(results or {})
+    for name in results:
+        if name not in models:
+            raise ValueError(
+                f"--results names {name!r}, which is not benchmarked; "
+                f"benchmarked models: {', '.join(models)}"
+            )
+    si_snr_i = {
+        name: read_si_snr_improvement(path) for name, path in results.items()
+    }
+    overrides = dict(overrides or {})
+    load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    gemm = matmul_gflops(threads, size=gemm_size)
+    logger.info("matmul: %.1f GFLOP/s per CPU-second", gemm["cpu_gflops"])
+    rows = []
+    with _num_threads(threads):
+        for name in models:
+            extra = overrides.get(name)
+            model = _build(name, 8000, extra, seed)
+            row = {
+                "model": name,
+                "label": MODEL_LABELS.get(name, name),
+                "params": sum(p.numel() for p in model.parameters()),
+                "macs_per_s": count_macs(model, seconds=seconds)["total"],
+            }
+            del model
+            for rate in forward_rates:
+                key = f"fwd{rate // 1000}k"
+                wall, cpu, runs = _forward_times(
+                    name, rate, seconds, extra, repeats, budget_s, seed
+                )
+                row.update({f"{key}_cpu_s": cpu, f"{key}_wall_s": wall,
+                            f"{key}_runs": runs})
+            row.update(peak_rss_mb=None, built_rss_mb=None,
+                       train_peak_rss_mb=None, train_wall_s=None,
+                       train_cpu_s=None, train_runs=0)
+            if memory:  # forward peak, then the training step, in a child
+                child = _measure_in_fresh_process(
+                    name=name, seconds=seconds, threads=threads,
+                    overrides=dict(extra or {}), seed=seed,
+                    train_seconds=train_seconds, repeats=repeats,
+                    budget_s=budget_s,
+                )
+                row.update(peak_rss_mb=child["peak_mb"],
+                           built_rss_mb=child["built_mb"],
+                           train_peak_rss_mb=child.get("train_peak_mb"),
+                           train_wall_s=child.get("train_wall_s"),
+                           train_cpu_s=child.get("train_cpu_s"),
+                           train_runs=child.get("train_runs", 0))
+            elif train_seconds:
+                wall, cpu, runs = _train_step_times(
+                    name, 8000, train_seconds, extra, repeats, budget_s, seed
+                )
+                row.update(train_wall_s=wall, train_cpu_s=cpu,
+                           train_runs=runs)
+            row["si_snr_i"] = si_snr_i.get(name)
+            # the time the MACs take at the GEMM speed: 2 FLOPs per MAC
+            row["mac_floor_s"] = (
+                2 * row["macs_per_s"] * seconds / (gemm["cpu_gflops"] * 1e9)
+            )
+            row["over_floor"] = row["fwd8k_cpu_s"] / row["mac_floor_s"]
+            logger.info("benchmarked %s: %s", name, row)
+            rows.append(row)
+    reference = next(row for row in rows if row["model"] == REFERENCE_MODEL)
+    for row in rows:
+        for rate in forward_rates:
+            key = f"fwd{rate // 1000}k"
+            row[f"{key}_ratio"] = _ratio(row[f"{key}_cpu_s"],
+                                         reference[f"{key}_cpu_s"])
+        row["goal"] = SPEED_GOALS.get(row["model"])
+        row["goal_reached"] = (
+            None if row["goal"] is None else row["fwd8k_ratio"] <= row["goal"]
+        )
+    settings = {
+        "threads": threads,
+        "repeats": repeats,
+        "budget_s": budget_s,
+        "seconds": seconds,
+        "forward_rates": list(forward_rates),
+        "train_seconds": train_seconds,
+        "memory": memory,
+        "overrides": {name: dict(value) for name, value in overrides.items()},
+        "torch": torch.__version__,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "load_average": load_average,
+    }
+    return {"rows": rows, "gemm": gemm, "settings": settings}
+
+
+def _cpu_name():
+    """The CPU model from /proc/cpuinfo (Linux), else the platform's."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _cell(value, fmt, suffix=""):
+    return "-" if value is None else format(value, fmt) + suffix
+
+
+def _table_lines(report):
+    """Header and one tuple of strings per row (shared by text and Markdown)."""
+    rates = report["settings"]["forward_rates"]
+    header = ["model", "params (M)", "GMAC/s"]
+    for rate in rates:
+        header += [f"fwd {rate // 1000} kHz ms cpu / wall", "x Sepformer"]
+    header += ["peak RSS MB (fwd +)", "train step s cpu / wall",
+               "train peak MB", "SI-SNRi dB", "x MAC floor"]
+    lines = [tuple(header)]
+    for row in report["rows"]:
+        cells = [row["label"], _cell(row["params"] / 1e6, ".2f"),
+                 _cell(row["macs_per_s"] / 1e9, ".1f")]
+        for rate in rates:
+            key = f"fwd{rate // 1000}k"
+            cells.append(
+                f"{1e3 * row[f'{key}_cpu_s']:.0f} / "
+                f"{1e3 * row[f'{key}_wall_s']:.0f}"
+            )
+            cells.append(_cell(row[f"{key}_ratio"], ".2f", "x"))
+        cells.append(
+            "-" if row["peak_rss_mb"] is None else
+            f"{row['peak_rss_mb']:.0f} "
+            f"(+{row['peak_rss_mb'] - row['built_rss_mb']:.0f})"
+        )
+        cells.append(
+            "-" if row["train_cpu_s"] is None else
+            f"{row['train_cpu_s']:.2f} / {row['train_wall_s']:.2f}"
+        )
+        cells.append(_cell(row.get("train_peak_rss_mb"), ".0f"))
+        cells.append(_cell(row["si_snr_i"], ".2f"))
+        cells.append(_cell(row["over_floor"], ".1f", "x"))
+        lines.append(tuple(cells))
+    return lines
+
+
+def _footnotes(report):
+    """Settings, conventions and the speed goals, one line each."""
+    settings, gemm = report["settings"], report["gemm"]
+    runs = {
+        row["label"]: "/".join(
+            [str(row[f"fwd{rate // 1000}k_runs"])
+             for rate in settings["forward_rates"]]
+            + ([str(row["train_runs"])] if settings["train_seconds"] else [])
+        )
+        for row in report["rows"]
+    }
+    kinds = "/".join(
+        [f"{rate // 1000} kHz" for rate in settings["forward_rates"]]
+        + (["train step"] if settings["train_seconds"] else [])
+    )
+    notes = [
+        f"Machine: {settings['cpu']}; torch {settings['torch']}; "
+        f"{settings['threads']} intra-op thread(s); float32 GEMM "
+        f"{gemm['size']}^3: {gemm['cpu_gflops']:.1f} GFLOP/s per CPU-second "
+        f"({gemm['wall_gflops']:.1f} per wall-second); load average "
+        f"{settings['load_average']:.1f} on {settings['cpu_count']} CPUs "
+        "at the start (other processes slow the wall clock more than the "
+        "CPU time).",
+        f"Forward: {settings['seconds']:g} s of audio, batch 1, eval, "
+        "no_grad; median after one warm-up of the process CPU time "
+        "(time.process_time, summed over threads) / wall clock; "
+        "'x Sepformer' is the ratio of CPU times to Sepformer's in this run. "
+        f"Timed runs ({kinds}; at most {settings['repeats']}, fewer once "
+        f"a measurement passes {settings['budget_s']:g} CPU-s): "
+        + ", ".join(f"{label} {count}" for label, count in runs.items())
+        + ".",
+        f"MACs: {MAC_CONVENTION}",
+        "x MAC floor: forward CPU time at 8 kHz over 2 x MACs / the GEMM's "
+        "GFLOP/s per CPU-second (1.0 = as fast as one large GEMM).",
+    ]
+    if settings["memory"]:
+        notes.append(
+            "Peak RSS: high-water resident memory of a fresh process that "
+            "built the model and ran one forward at 8 kHz (includes the "
+            "Python/torch/SpeechBrain runtime); (+) is the rise during the "
+            "forward. Train peak MB: the same process's peak after the "
+            "training steps."
+        )
+    if settings["train_seconds"]:
+        notes.append(
+            f"Train step: forward + backward + Adam step on a "
+            f"{settings['train_seconds']:g} s crop at 8 kHz, batch 1, "
+            "permutation-invariant SI-SNR loss (warm-up on a shorter crop)."
+        )
+    if settings["overrides"]:
+        notes.append(f"Size overrides: {settings['overrides']}.")
+    for row in report["rows"]:
+        if row["goal"] is None:
+            continue
+        verdict = "reached" if row["goal_reached"] else "not reached"
+        notes.append(
+            f"Goal: {row['label']} forward <= {row['goal']:.2f}x Sepformer "
+            f"({settings['seconds']:g} s at 8 kHz, CPU time): "
+            f"{row['fwd8k_ratio']:.2f}x, {verdict}."
+        )
+    return notes
+
+
+def format_model_table(report: dict) -> str:
+    """Format a ``model_benchmark`` report as a plain-text table + notes.
+
+    Arguments
+    ---------
+    report : dict
+        As returned by ``model_benchmark``.
+
+    Returns
+    -------
+    str
+        A title, the table (one line per model) and the footnotes
+        (machine, timing and MAC conventions, speed goals reached or not).
+
+    Example
+    -------
+    >>> row = dict(model="s4m-tiny", label="S4M-tiny", params=1.8e6,
+    ...            macs_per_s=5.6e9, fwd8k_cpu_s=0.1, fwd8k_wall_s=0.1,
+    ...            fwd8k_runs=5, fwd8k_ratio=0.1, peak_rss_mb=None,
+    ...            train_cpu_s=None, si_snr_i=None, over_floor=2.0,
+    ...            goal=0.15, goal_reached=True)
+    >>> settings = dict(forward_rates=[8000], threads=1, cpu="cpu",
+    ...                 torch="2", seconds=1.0, memory=False,
+    ...                 train_seconds=0, overrides={}, cpu_count=2,
+    ...                 load_average=0.5, repeats=5, budget_s=10.0)
+    >>> gemm = dict(size=64, cpu_gflops=50.0, wall_gflops=50.0)
+    >>> text = format_model_table(dict(rows=[row], settings=settings,
+    ...                                gemm=gemm))
+    >>> print(text.splitlines()[2])
+    S4M-tiny  1.80        5.6     100 / 100                0.10x        -                   -                        -              -           2.0x
+    """
+    lines = _table_lines(report)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = [
+        "  ".join(
+            value.ljust(width) for value, width in zip(line, widths, strict=True)
+        ).rstrip()
+        for line in lines
+    ]
+    settings = report["settings"]
+    title = (
+        f"Separation models on CPU ({settings['seconds']:g} s forward, times "
+        f"as ratios to Sepformer's, {settings['threads']} thread(s))"
+    )
+    notes = [f"* {note}" for note in _footnotes(report)]
+    return "\n".join([title, *text, "", *notes])
+
+
+_CSV_COLUMNS = (
+    "model", "label", "params", "macs_per_s",
+    "fwd8k_cpu_s", "fwd8k_wall_s", "fwd8k_runs", "fwd8k_ratio",
+    "fwd16k_cpu_s", "fwd16k_wall_s", "fwd16k_runs", "fwd16k_ratio",
+    "peak_rss_mb", "built_rss_mb", "train_peak_rss_mb", "train_cpu_s",
+    "train_wall_s",
+    "train_runs", "si_snr_i", "mac_floor_s", "over_floor", "goal",
+    "goal_reached",
+)
+
+
+def write_model_report(report: dict, out_dir: str | os.PathLike) -> dict:
+    """Write a ``model_benchmark`` report as CSV, Markdown and a PNG plot.
+
+    * ``models.csv``: every measured value (seconds, MACs, bytes as MiB),
+      one row per model, plus ``threads`` and the GEMM speed;
+    * ``models.md``: the table and its footnotes;
+    * ``models.png``: two panels, SI-SNRi against MACs per second and
+      against the forward CPU time at 8 kHz (models with an SI-SNRi); with
+      no SI-SNRi given, CPU time and training-step time against MACs.
+
+    Arguments
+    ---------
+    report : dict
+        As returned by ``model_benchmark``.
+    out_dir : str or os.PathLike
+        Folder to write to (created).
+
+    Returns
+    -------
+    dict
+        ``csv``, ``markdown``, ``png``: the paths written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": out / "models.csv",
+        "markdown": out / "models.md",
+        "png": out / "models.png",
+    }
+    columns = [
+        c for c in _CSV_COLUMNS
+        if any(c in row for row in report["rows"])
+    ] + ["threads", "gemm_cpu_gflops"]
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in report["rows"]:
+            writer.writerow({
+                **{k: ("" if v is None else v) for k, v in row.items()},
+                "threads": report["settings"]["threads"],
+                "gemm_cpu_gflops": report["gemm"]["cpu_gflops"],
+            })
+    lines = _table_lines(report)
+    markdown = [
+        "# Separation models on CPU",
+        "",
+        "| " + " | ".join(lines[0]) + " |",
+        "|" + "|".join(
+            "---" if i == 0 else "---:" for i in range(len(lines[0]))
+        ) + "|",
+        *("| " + " | ".join(line) + " |" for line in lines[1:]),
+        "",
+        *(f"* {note}" for note in _footnotes(report)),
+        "",
+    ]
+    paths["markdown"].write_text("\n".join(markdown), encoding="utf-8")
+    _plot(report, paths["png"])
+    return {key: str(path) for key, path in paths.items()}
+
+
+def _plot(report, path):
+    """Two scatter panels with one labelled point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    scored = [row for row in rows if row["si_snr_i"] is not None]
+    threads = report["settings"]["threads"]
+    gmacs = "MACs per second of audio at 8 kHz (G)"
+    cpu = f"forward CPU time of 1 s at 8 kHz (ms, {threads} thread(s))"
+    if scored:
+        title = "Quality against cost (SI-SNRi from the results CSVs)"
+        panels = [
+            (scored, lambda r: r["macs_per_s"] / 1e9, gmacs,
+             lambda r: r["si_snr_i"], "SI-SNRi (dB)"),
+            (scored, lambda r: 1e3 * r["fwd8k_cpu_s"], cpu,
+             lambda r: r["si_snr_i"], "SI-SNRi (dB)"),
+        ]
+    else:
+        title = "No SI-SNRi given: CPU time against MACs instead"
+        trained = [row for row in rows if row["train_cpu_s"] is not None]
+        panels = [
+            (rows, lambda r: r["macs_per_s"] / 1e9, gmacs,
+             lambda r: 1e3 * r["fwd8k_cpu_s"], cpu),
+            (trained, lambda r: r["macs_per_s"] / 1e9, gmacs,
+             lambda r: r["train_cpu_s"],
+             f"training step CPU time (s, {report['settings']['train_seconds']:g}"
+             " s crop)"),
+        ]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for axis, (points, x_of, x_label, y_of, y_label) in zip(
+        axes, panels, strict=True
+    ):
+        for row in points:
+            x, y = x_of(row), y_of(row)
+            axis.scatter([x], [y])
+            axis.annotate(row["label"], (x, y), textcoords="offset points",
+                          xytext=(5, 4), fontsize=8)
+        axis.set_xscale("log")
+        axis.set_xlabel(x_label)
+        axis.set_ylabel(y_label)
+        axis.grid(True, which="both", alpha=0.3)
+        if not points:
+            axis.text(0.5, 0.5, "no data", ha="center",
+                      transform=axis.transAxes)
+    figure.suptitle(title)
+    figure.tight_layout()
+    # the title also goes into the PNG's text metadata (tests read it)
+    figure.savefig(path, dpi=120, metadata={"Title": title})
+    plt.close(figure)

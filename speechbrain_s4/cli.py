@@ -51,19 +51,95 @@ def command(name, help_text):
 
 @command(
     "benchmark",
-    "Print benchmark tables.\n\n"
-    "--kernels times the selective scan of Mamba (sequential reference loop "
-    "vs the chunked CPU scan, forward and forward+backward, with their "
-    "speed-up and largest difference) and the S4 layer (kernel + FFT "
-    "convolution) on CPU, with a fixed number of threads.",
+    "Measure the separation models side by side (or the kernels).\n\n"
+    "Without a flag: S4M-tiny, S4M, SPMamba and SpeechBrain's stock\n"
+    "Sepformer and Conv-TasNet, measured in one run on this machine:\n"
+    "parameters, MACs per second of audio at 8 kHz, CPU forward time of 1 s\n"
+    "at 8 and 16 kHz (and its ratio to Sepformer's), peak memory of a\n"
+    "forward (a fresh process per model), one training step, SI-SNRi from\n"
+    "results CSVs (--results), and the time over each model's MAC floor at\n"
+    "the machine's measured matmul speed. Prints the table with the speed\n"
+    "goals reached or not and writes models.csv, models.md and models.png\n"
+    "to --out. Takes a few minutes on 2 cores.\n\n"
+    "--kernels times the selective scan of Mamba (sequential reference loop\n"
+    "vs the chunked and fused C++ CPU scans, forward and forward+backward,\n"
+    "with their speed-ups and largest difference) and the S4 layer.\n"
+    "--streaming prints the causal S4M-tiny's real-time factor per chunk.\n\n"
+    "examples:\n"
+    "  speechbrain-s4 benchmark --threads 1 --out benchmark_out\n"
+    "  speechbrain-s4 benchmark --models s4m-tiny sepformer \\\n"
+    "      --results s4m-tiny=results/s4m-tiny/test_results.csv\n"
+    "  speechbrain-s4 benchmark --kernels",
 )
 def _benchmark_arguments(parser):
-    parser.add_argument(
+    table = parser.add_mutually_exclusive_group()
+    table.add_argument(
         "--kernels",
         action="store_true",
-        help="time the selective scan and the S4 layer kernels",
+        help="time the selective scan and the S4 layer kernels instead",
     )
-    sizes = parser.add_argument_group("kernel sizes")
+    table.add_argument(
+        "--streaming",
+        action="store_true",
+        help="print the causal S4M-tiny's streaming real-time factors instead",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op CPU threads, fixed for the whole run (default 1: "
+        "reproducible on a shared machine)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="most timed repeats per measurement (default 5)",
+    )
+    models = parser.add_argument_group("model table")
+    models.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        help="registry names of the rows (default: s4m-tiny s4m spmamba "
+        "sepformer convtasnet; sepformer is always measured)",
+    )
+    models.add_argument(
+        "--results",
+        nargs="+",
+        default=[],
+        metavar="NAME=CSV",
+        help="a results CSV per model (its avg row's si-snr_i is shown)",
+    )
+    models.add_argument(
+        "--train-seconds",
+        type=float,
+        default=4.0,
+        metavar="S",
+        help="crop of the training step at 8 kHz (default 4; 0 skips it)",
+    )
+    models.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="CPU seconds per measurement after which no further repeat "
+        "starts (default 10)",
+    )
+    models.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory subprocesses",
+    )
+    models.add_argument(
+        "--out",
+        default="benchmark_out",
+        metavar="DIR",
+        help="where to write models.csv, models.md, models.png "
+        "(default: benchmark_out)",
+    )
+    sizes = parser.add_argument_group("kernel sizes (--kernels)")
     sizes.add_argument("--batch", type=int, default=4, help="batch size B")
     sizes.add_argument(
         "--d-inner", type=int, default=512, help="scan channels D (d_inner)"
@@ -74,44 +150,90 @@ def _benchmark_arguments(parser):
         "--s4-channels", type=int, default=512, help="S4 layer channels H"
     )
     sizes.add_argument("--s4-state", type=int, default=16, help="S4 state size N")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="intra-op CPU threads, fixed for the whole run (default 1: "
-        "reproducible on a shared machine)",
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=5, help="timed repeats of fast kernels"
-    )
-    parser.add_argument(
+    sizes.add_argument(
         "--ref-repeats",
         type=int,
         default=1,
         help="timed repeats of the (slow) sequential reference loop",
     )
+    streaming = parser.add_argument_group("streaming (--streaming)")
+    streaming.add_argument(
+        "--chunk-ms",
+        type=float,
+        nargs="+",
+        default=[10.0, 16.0, 32.0],
+        metavar="MS",
+        help="chunk durations (default 10 16 32)",
+    )
+    streaming.add_argument(
+        "--stream-seconds",
+        type=float,
+        default=4.0,
+        metavar="S",
+        help="audio streamed per chunk size (default 4)",
+    )
 
     def run(args):
-        if not args.kernels:
-            raise ValueError("nothing to benchmark; pass --kernels")
+        if args.threads < 1 or args.repeats < 1:
+            raise ValueError("--threads and --repeats must be at least 1")
         # imported here so that the CLI starts without loading the models
+        if args.kernels:
+            from speechbrain_s4.benchmark import (
+                format_kernel_table,
+                kernel_benchmark,
+            )
+
+            rows = kernel_benchmark(
+                batch=args.batch,
+                d_inner=args.d_inner,
+                d_state=args.d_state,
+                length=args.length,
+                s4_channels=args.s4_channels,
+                s4_state=args.s4_state,
+                threads=args.threads,
+                repeats=args.repeats,
+                ref_repeats=args.ref_repeats,
+            )
+            print(format_kernel_table(rows, threads=args.threads))
+            return
+        if args.streaming:
+            from speechbrain_s4.models.s4m_causal import (
+                format_rtf_table,
+                rtf_benchmark,
+            )
+
+            rows = rtf_benchmark(
+                chunk_ms=args.chunk_ms,
+                seconds=args.stream_seconds,
+                threads=args.threads,
+            )
+            print(format_rtf_table(rows))
+            return
         from speechbrain_s4.benchmark import (
-            format_kernel_table,
-            kernel_benchmark,
+            DEFAULT_MODELS,
+            format_model_table,
+            model_benchmark,
+            write_model_report,
         )
 
-        rows = kernel_benchmark(
-            batch=args.batch,
-            d_inner=args.d_inner,
-            d_state=args.d_state,
-            length=args.length,
-            s4_channels=args.s4_channels,
-            s4_state=args.s4_state,
+        results = {}
+        for pair in args.results:
+            name, sep, path = pair.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"--results expects NAME=CSV, got {pair!r}")
+            results[name] = path
+        report = model_benchmark(
+            models=args.models or DEFAULT_MODELS,
             threads=args.threads,
             repeats=args.repeats,
-            ref_repeats=args.ref_repeats,
+            budget_s=args.budget_seconds,
+            train_seconds=args.train_seconds,
+            results=results,
+            memory=not args.no_memory,
         )
-        print(format_kernel_table(rows, threads=args.threads))
+        print(format_model_table(report))
+        for path in write_model_report(report, args.out).values():
+            print(f"wrote {path}")
 
     return run
 

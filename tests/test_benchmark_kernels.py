@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from speechbrain_s4 import cli
 from speechbrain_s4.benchmark import format_kernel_table, kernel_benchmark
 
@@ -64,6 +66,21 @@ def test_cli_benchmark_kernels_prints_the_table(capsys):
         assert kernel in out
 
 
-def test_cli_benchmark_without_a_table_is_a_user_error(capsys):
-    assert cli.main(["benchmark"]) == 2
-    assert "pass --kernels" in capsys.readouterr().err
+def test_cli_benchmark_tables_are_exclusive(capsys):
+    """One table per run: --kernels and --streaming cannot be combined."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["benchmark", "--kernels", "--streaming"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_cli_benchmark_streaming_prints_the_rtf_table(capsys):
+    args = ["benchmark", "--streaming", "--threads", "1", "--chunk-ms", "16"]
+    args += ["--stream-seconds", "0.2"]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("latency") and "1 threads" in lines[0]
+    assert lines[1].split()[0] == "chunk"
+    assert lines[2].split()[:2] == ["16.0", "ms"]
+    assert lines[3].split()[0] == "offline"
+    assert len(lines) == 4
