@@ -10,8 +10,9 @@ Three tables, one command each (``speechbrain-s4 benchmark``):
   Mesgarani, IEEE/ACM TASLP 2019), all measured in one run on this machine:
   parameters, MACs per second of audio (``speechbrain_s4.macs``), CPU
   forward time of 1 s at 8 and 16 kHz as a ratio to Sepformer's, the peak
-  memory of a 1 s forward (a fresh process per model), the time of one
-  training step, SI-SNRi read from results CSVs, and the time over each
+  memory of a 1 s forward, then the time and peak memory of one training
+  step (both in a fresh process per model), SI-SNRi read from results
+  CSVs, and the time over each
   model's MAC floor at the measured matmul speed of the machine. The speed
   goals of issues 3 and 4 (S4M-tiny <= 0.15x, S4M <= 0.40x, SPMamba <= 3x
   Sepformer's forward time) are reported as reached or not.
@@ -654,8 +655,8 @@ def _train_step_times(name, sample_rate, seconds, overrides, repeats,
 def _measure_in_fresh_process(**arguments):
     """Run ``_child_measurements(**arguments)`` in a new Python process.
 
-    ``ru_maxrss`` is a high-water mark of the whole process, so each model
-    gets its own interpreter and the models do not pollute each other's
+    Peak resident memory is a high-water mark of the whole process, so
+    each model gets its own interpreter and the models do not pollute each other's
     peaks (nor leave their freed memory in this process's heap).
     """
     script = (
@@ -703,7 +704,17 @@ def _child_measurements(name, seconds, threads, overrides, seed,
 
 
 def _peak_rss_mb():
-    """This process's peak resident memory so far, in MiB."""
+    """This process's peak resident memory so far, in MiB.
+
+    On Linux the high-water mark of the process's own address space
+    (``VmHWM``): ``ru_maxrss`` also keeps the peak of the address space
+    the process was forked from, i.e. of the parent benchmark process.
+    """
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
 
 
