@@ -342,6 +342,40 @@ def _export_arguments(parser):
 
 
 @command(
+    "milestone",
+    "Copy a training checkpoint into a compact, resumable milestone.\n\n"
+    "CKPT_DIR is one save/CKPT+... folder of a train.py run. Every file is\n"
+    "copied as is except the optimiser's state, stored in bfloat16 (half\n"
+    "its size; restored to float32 on load), so the milestone can be\n"
+    "committed. To continue training from it, copy the folder into the\n"
+    "run's save/ folder and start the same train.py command again.",
+)
+def _milestone_arguments(parser):
+    parser.add_argument("checkpoint", metavar="CKPT_DIR", help="a CKPT+... folder")
+    parser.add_argument(
+        "out_dir",
+        metavar="OUT_DIR",
+        help="milestone folder, or an existing folder to write it into "
+        "under the checkpoint's name",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing milestone"
+    )
+
+    def run(args):
+        from speechbrain_s4.milestones import save_milestone
+
+        info = save_milestone(args.checkpoint, args.out_dir, args.overwrite)
+        print(
+            f"wrote {info['folder']}: {info['bytes_after'] / 1e6:.1f} MB "
+            f"(checkpoint {info['bytes_before'] / 1e6:.1f} MB; optimizer "
+            "state in bfloat16)"
+        )
+
+    return run
+
+
+@command(
     "convert",
     "Convert an original S4M or SPMamba checkpoint to an inference folder.\n\n"
     "ARCH is s4m (JusperLee/S4M) or spmamba (JusperLee/SPMamba). Keys are\n"
