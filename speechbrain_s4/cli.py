@@ -467,6 +467,7 @@ def _evaluate_arguments(parser):
             estimates_folder=args.estimates,
             chunk_seconds=args.chunk_seconds,
             run_opts=_run_opts(args),
+            progress=False if args.no_progress else None,
         )
         print(format_results_table(rows))
         if args.csv:

@@ -63,6 +63,7 @@ from speechbrain.utils.fetching import (
 from speechbrain.utils.logger import get_logger
 from speechbrain.utils.parameter_transfer import Pretrainer
 from torch import nn
+from tqdm import tqdm
 
 from speechbrain_s4.audio import check_finite, read_mixture, resample
 from speechbrain_s4.chunking import default_chunking, separate_in_chunks
@@ -1076,6 +1077,7 @@ def evaluate_folders(
     estimates_folder=None,
     chunk_seconds: float | None = None,
     run_opts: dict | None = None,
+    progress: bool | None = None,
 ) -> list[dict]:
     """Score separation of every mixture in a folder against references.
 
@@ -1103,6 +1105,9 @@ def evaluate_folders(
         Passed to :meth:`S4Separation.separate_file`.
     run_opts : dict, optional
         Run options when the model is loaded here, e.g. ``{"device": "cpu"}``.
+    progress : bool, optional
+        A tqdm progress bar over the mixtures (and over the chunks of long
+        ones); None: only on a terminal.
 
     Returns
     -------
@@ -1131,7 +1136,11 @@ def evaluate_folders(
                 f"{len(folders)} reference folder(s) were given"
             )
     rows = []
-    for path in mixtures:
+    # tqdm's disable=None: shown only on a terminal
+    for path in tqdm(
+        mixtures, desc="evaluating", unit="file",
+        disable=None if progress is None else not progress,
+    ):
         mixture, rate = read_mixture(path)  # [T]
         references = []
         for folder in folders:
@@ -1158,7 +1167,7 @@ def evaluate_folders(
             estimated = torch.stack(estimates, dim=-1)  # [T, S]
         else:
             estimated = separation.separate_file(
-                path, chunk_seconds=chunk_seconds
+                path, chunk_seconds=chunk_seconds, progress=progress
             )[0].cpu()  # [T, S]
         rows.append(
             utterance_metrics(

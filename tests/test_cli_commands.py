@@ -344,3 +344,26 @@ def test_cli_evaluate_scores_separated_files(minimix_test_split, tmp_path):
             [split / "s1", split / "s2"],
             estimates_folder=estimates,
         )
+
+
+def test_evaluate_shows_a_progress_bar_over_the_mixtures(
+    minimix_test_split, tmp_path, capsys
+):
+    split = minimix_test_split
+    estimates = tmp_path / "estimates"
+    estimates.mkdir()
+    mixtures = sorted((split / "mix_clean").glob("*.wav"))
+    for path in mixtures:
+        for k, source in ((1, "s1"), (2, "s2")):
+            data, rate = sf.read(str(split / source / path.name), dtype="float32")
+            sf.write(str(estimates / f"{path.stem}_s{k}.wav"), data, rate)
+    folders = [split / "s1", split / "s2"]
+    evaluate_folders(
+        split / "mix_clean", folders, estimates_folder=estimates, progress=True
+    )
+    shown = capsys.readouterr().err
+    assert "evaluating" in shown and f"{len(mixtures)}/{len(mixtures)}" in shown
+    evaluate_folders(
+        split / "mix_clean", folders, estimates_folder=estimates, progress=False
+    )
+    assert "evaluating" not in capsys.readouterr().err
