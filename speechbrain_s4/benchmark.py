@@ -22,9 +22,9 @@ Three tables, one command each (``speechbrain-s4 benchmark``):
   "torch" backend and as the fused C++ "cpp" backend, at SPMamba's mixer
   size (d_inner 512, d_state 16), and the S4 layer (Gu, Goel and Re, ICLR
   2022) as S4M uses it (kernel + FFT convolution, H 512).
-* **Streaming** of the causal S4M-tiny: its real-time factor per chunk size
-  is ``speechbrain_s4.models.s4m_causal.rtf_benchmark`` (the command prints
-  it with ``--streaming``).
+* **Streaming** of the causal S4M-tiny (:func:`rtf_benchmark`,
+  :func:`format_rtf_table`; ``--streaming``): the real-time factor of
+  ``CausalS4M.stream()`` per chunk size.
 
 Timings are medians over repeats after a warm-up, with a fixed number of
 intra-op threads, of both the CPU time of the process (``time.process_time``,
@@ -64,10 +64,12 @@ __all__ = [
     "SPEED_GOALS",
     "format_kernel_table",
     "format_model_table",
+    "format_rtf_table",
     "kernel_benchmark",
     "matmul_gflops",
     "model_benchmark",
     "read_si_snr_improvement",
+    "rtf_benchmark",
     "write_model_report",
 ]
 
@@ -1203,3 +1205,173 @@ def _plot(report, path):
     # the title also goes into the PNG's text metadata (tests read it)
     figure.savefig(path, dpi=120, metadata={"Title": title})
     plt.close(figure)
+
+
+# ---------------------------------------------------------------------------
+# Streaming: real-time factor of the causal S4M-tiny
+# ---------------------------------------------------------------------------
+
+
+def rtf_benchmark(
+    chunk_ms=(10.0, 16.0, 32.0),
+    seconds: float = 4.0,
+    sample_rate: int = 8000,
+    threads: int = 2,
+    batch_size: int = 1,
+    warmup_chunks: int = 5,
+    seed: int = 0,
+    **model_kwargs,
+) -> list:
+    """Real-time factor of streaming, per chunk size, on CPU.
+
+    Builds a ``CausalS4M`` (full size unless ``model_kwargs`` say
+    otherwise), streams ``seconds`` of noise in chunks of each size and
+    times every ``push``: RTF = wall-clock processing time / chunk duration
+    (below 1 keeps up with real time). The process CPU time is recorded too
+    (``cpu_rtf``: CPU seconds per second of audio, summed over threads),
+    which stays meaningful on a machine shared with other jobs, where the
+    wall clock also counts the time the process waits for a core. The first
+    ``warmup_chunks`` pushes are run but not timed. A last row (chunk
+    "offline") times ``forward`` on the whole signal for reference.
+
+    Arguments
+    ---------
+    chunk_ms : sequence of float
+        Chunk durations in ms.
+    seconds : float
+        Signal length streamed per chunk size.
+    sample_rate : int
+        Hz.
+    threads : int
+        torch intra-op threads during the run (restored afterwards).
+    batch_size : int
+        Streams separated together (one push carries a chunk of each).
+    warmup_chunks : int
+        Untimed pushes at the start of each run.
+    seed : int
+        Seeds the weights and the signal.
+    **model_kwargs
+        ``CausalS4M`` keyword arguments (e.g. ``num_blocks``).
+
+    Returns
+    -------
+    list of dict
+        One row per chunk size, then the offline row: ``chunk_ms`` (None
+        offline), ``chunk_samples``, ``chunks``, ``ms_mean`` (wall time per
+        chunk), ``rtf_mean``, ``rtf_p95``, ``cpu_rtf``, ``latency_ms``,
+        ``threads``, ``batch_size``.
+
+    Example
+    -------
+    >>> rows = rtf_benchmark(chunk_ms=[16], seconds=0.1, threads=1,
+    ...                      num_blocks=1, hidden_channels=16,
+    ...                      bottleneck_channels=8)
+    >>> [row["chunk_ms"] for row in rows]
+    [16.0, None]
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        from speechbrain_s4.models.s4m_causal import CausalS4M
+
+        model = CausalS4M(sample_rate=sample_rate, **model_kwargs).eval()
+        signal = torch.randn(batch_size, int(seconds * sample_rate)) * 0.1
+        rows = []
+        for ms in chunk_ms:
+            size = max(1, int(round(ms * sample_rate / 1000)))
+            stream = model.stream()
+            walls, cpus = [], []
+            for index, chunk in enumerate(signal.split(size, dim=-1)):
+                wall, cpu = time.perf_counter(), time.process_time()
+                stream.push(chunk)
+                wall = time.perf_counter() - wall
+                cpu = time.process_time() - cpu
+                if index >= warmup_chunks and chunk.shape[-1] == size:
+                    walls.append(wall)
+                    cpus.append(cpu)
+            stream.flush()
+            if not walls:
+                raise ValueError(
+                    f"rtf_benchmark: {seconds} s holds no timed chunk of "
+                    f"{ms} ms after {warmup_chunks} warm-up chunks; stream "
+                    "a longer signal (seconds=...)"
+                )
+            rows.append(
+                _rtf_row(walls, cpus, size, sample_rate, model, batch_size)
+            )
+        with torch.no_grad():
+            model(signal[:, : sample_rate // 10])  # warm-up
+            wall, cpu = time.perf_counter(), time.process_time()
+            model(signal)
+            wall = time.perf_counter() - wall
+            cpu = time.process_time() - cpu
+        offline = _rtf_row(
+            [wall], [cpu], signal.shape[-1], sample_rate, model, batch_size
+        )
+        offline["chunk_ms"] = None
+        rows.append(offline)
+        logger.info("streaming RTF, CausalS4M:\n%s", format_rtf_table(rows))
+        return rows
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _rtf_row(walls, cpus, size, sample_rate, model, batch_size) -> dict:
+    """One benchmark row from per-chunk wall and CPU times (s)."""
+    walls = torch.tensor(walls, dtype=torch.float64)
+    duration = size / sample_rate
+    return {
+        "chunk_ms": 1000.0 * duration,
+        "chunk_samples": size,
+        "chunks": len(walls),
+        "ms_mean": 1000.0 * float(walls.mean()),
+        "rtf_mean": float(walls.mean()) / duration,
+        "rtf_p95": float(torch.quantile(walls, 0.95)) / duration,
+        "cpu_rtf": sum(cpus) / len(cpus) / duration,
+        "latency_ms": model.latency_ms,
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+    }
+
+
+def format_rtf_table(rows: list) -> str:
+    """Format :func:`rtf_benchmark` rows as a fixed-width table.
+
+    Arguments
+    ---------
+    rows : list of dict
+        As returned by :func:`rtf_benchmark`.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> row = dict(chunk_ms=10.0, chunk_samples=80, chunks=3, ms_mean=5.0,
+    ...            rtf_mean=0.5, rtf_p95=0.6, cpu_rtf=0.4, latency_ms=3.875,
+    ...            threads=2, batch_size=1)
+    >>> print(format_rtf_table([row]))
+    latency 3.875 ms, 2 threads, batch 1
+       chunk  samples  chunks  ms/chunk  RTF mean  RTF p95  CPU RTF
+     10.0 ms       80       3     5.000     0.500    0.600    0.400
+    """
+    first = rows[0]
+    lines = [
+        f"latency {first['latency_ms']:.3f} ms, {first['threads']} threads, "
+        f"batch {first['batch_size']}",
+        "   chunk  samples  chunks  ms/chunk  RTF mean  RTF p95  CPU RTF",
+    ]
+    for row in rows:
+        chunk = (
+            "offline"
+            if row["chunk_ms"] is None
+            else f"{row['chunk_ms']:.1f} ms"
+        )
+        lines.append(
+            f"{chunk:>8}  {row['chunk_samples']:7d}  {row['chunks']:6d}  "
+            f"{row['ms_mean']:8.3f}  {row['rtf_mean']:8.3f}  "
+            f"{row['rtf_p95']:7.3f}  {row['cpu_rtf']:7.3f}"
+        )
+    return "\n".join(lines)

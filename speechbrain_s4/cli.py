@@ -197,7 +197,7 @@ def _benchmark_arguments(parser):
             print(format_kernel_table(rows, threads=args.threads))
             return
         if args.streaming:
-            from speechbrain_s4.models.s4m_causal import (
+            from speechbrain_s4.benchmark import (
                 format_rtf_table,
                 rtf_benchmark,
             )

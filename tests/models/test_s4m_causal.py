@@ -11,14 +11,13 @@ from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_s4.brain import flatten_hparams
 from speechbrain_s4.models import build
+from speechbrain_s4.benchmark import format_rtf_table, rtf_benchmark
 from speechbrain_s4.models.s4m_causal import (
     CausalDepthwiseConvNorm,
     CausalS4M,
     CausalS4MStream,
     causal_avg_pool,
     causal_upsample,
-    format_rtf_table,
-    rtf_benchmark,
 )
 from speechbrain_s4.voices import (
     apt_install_command,
