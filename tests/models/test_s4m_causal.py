@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
 
+from speechbrain_s4.benchmark import format_rtf_table, rtf_benchmark
 from speechbrain_s4.brain import flatten_hparams
 from speechbrain_s4.models import build
-from speechbrain_s4.benchmark import format_rtf_table, rtf_benchmark
 from speechbrain_s4.models.s4m_causal import (
     CausalDepthwiseConvNorm,
     CausalS4M,
