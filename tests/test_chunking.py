@@ -32,7 +32,7 @@ from speechbrain_s4.chunking import (
     default_chunking,
     separate_in_chunks,
 )
-from speechbrain_s4.inference import S4Separation, bundled_models
+from speechbrain_s4.inference import S4Separation
 from speechbrain_s4.metrics import si_snr, si_snr_improvement
 from speechbrain_s4.models import build
 from speechbrain_s4.voices import find_voices, load_clip
@@ -401,10 +401,6 @@ def test_chunked_trained_model_matches_whole_file_on_real_speech(
         assert float(si_snr(whole, chunked)) > 20.0
 
 
-@pytest.mark.skipif(
-    "s4m-tiny-minimix" not in bundled_models(),
-    reason="the bundled model s4m-tiny-minimix is not installed yet (issue 7)",
-)
 def test_chunked_bundled_model_matches_whole_file_on_real_speech():
     speech = 0.05 * real_speech(seconds=20.0)[None]  # [1, T, 2]
     mix = speech.sum(-1)
