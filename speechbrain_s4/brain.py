@@ -476,10 +476,11 @@ class Separation(sb.Brain):
             return
         key = max_key or min_key
         if key is not None:
-            if self.checkpointer.find_checkpoint(max_key=max_key, min_key=min_key):
-                self.checkpointer.recover_if_possible(
-                    max_key=max_key, min_key=min_key
-                )
+            best = self.checkpointer.find_checkpoint(
+                max_key=max_key, min_key=min_key
+            )
+            if best is not None:
+                self.checkpointer.load_checkpoint(best)
                 return
         latest = self.checkpointer.find_checkpoint()
         if latest is None:
