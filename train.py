@@ -18,7 +18,8 @@ the included files are overridden through their section, e.g.
 
 Steps: parse the arguments, load the recipe, create the experiment folder,
 prepare the data on the main process, build the datasets, fit, then test
-with the best checkpoint (``<output_folder>/test_results.csv``).
+with the best checkpoint (``<output_folder>/test_results.csv``); under
+torchrun every rank joins the process group first and leaves it last.
 """
 
 import sys
@@ -27,7 +28,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_s4.brain import Separation, flatten_hparams
+from speechbrain_s4.brain import Separation, distributed_group, flatten_hparams
 from speechbrain_s4.dataio import dynamic_mixing_dataset, separation_dataset
 
 
@@ -36,7 +37,12 @@ def main(argv=None):
     hparams_file, run_opts, overrides = sb.parse_arguments(
         sys.argv[1:] if argv is None else argv
     )
-    sb.utils.distributed.ddp_init_group(run_opts)
+    with distributed_group(run_opts):
+        run(hparams_file, run_opts, overrides)
+
+
+def run(hparams_file, run_opts, overrides):
+    """Prepare, fit and test one recipe (inside the process group, if any)."""
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = flatten_hparams(load_hyperpyyaml(fin, overrides))
 

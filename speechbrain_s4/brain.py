@@ -40,6 +40,7 @@ Authors
  * speechbrain_s4 contributors
 """
 
+import contextlib
 import os
 
 import speechbrain as sb
@@ -565,3 +566,40 @@ def _any_rank(flag: bool, device) -> bool:
     votes = torch.tensor(float(flag), device=device)
     torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX)
     return bool(votes.item())
+
+
+@contextlib.contextmanager
+def distributed_group(run_opts):
+    """Join the DDP process group of a torchrun launch, and leave it cleanly.
+
+    SpeechBrain's ``ddp_init_group`` starts the group (a no-op without
+    torchrun's ``RANK``/``LOCAL_RANK``) but nothing ends it. A process that
+    exits with a gloo group still alive can abort in interpreter shutdown
+    ("terminate called without an active exception", SIGABRT) when the other
+    rank has already gone: gloo's worker threads are torn down with the
+    interpreter. So the group is destroyed here, after a barrier on success
+    (no rank leaves while another still needs it) and without one after an
+    error (the other ranks may never arrive).
+
+    Arguments
+    ---------
+    run_opts : dict
+        SpeechBrain's run options (``distributed_backend`` is read).
+
+    Example
+    -------
+    >>> with distributed_group({"distributed_backend": "gloo"}):
+    ...     print(torch.distributed.is_initialized())  # no torchrun here
+    False
+    """
+    sb.utils.distributed.ddp_init_group(run_opts)
+    started = (
+        torch.distributed.is_available() and torch.distributed.is_initialized()
+    )
+    try:
+        yield
+        if started:
+            torch.distributed.barrier()
+    finally:
+        if started and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
