@@ -20,13 +20,9 @@ torch's OpenMP pool, so ``torch.set_num_threads`` applies; the split
 depends only on the shapes, so the result does not depend on the number of
 threads.
 
-The extension is compiled on first use by ``torch.utils.cpp_extension``
-(needs a C++ compiler, ninja and the Python headers; about 20 s) and cached
-in torch's extensions folder (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``); torch's file lock lets concurrent processes
-share one build. It is compiled with ``-march=native``, so the cached
-binary's name includes a digest of what "native" means for this compiler
-on this CPU: a cache shared by different machines holds one build each.
+The extension is compiled on first use (needs a C++ compiler, ninja and
+the Python headers; about 20 s) and cached by torch, with ``-march=native``
+(``speechbrain_s4.extensions.CppExtension``).
 
 Shape legend: B batch, D channels, L time, N state size, G groups of
 channels sharing B and C.
@@ -37,18 +33,12 @@ Authors
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
-import os
-import shutil
-import subprocess
-import sysconfig
-import threading
 from pathlib import Path
 
 import torch
 
+from speechbrain_s4.extensions import CppExtension
 from speechbrain_s4.ssm.scan import (
     _check_inputs,
     _compute_dtype,
@@ -56,10 +46,6 @@ from speechbrain_s4.ssm.scan import (
 )
 
 __all__ = ["extension_available", "load_extension", "selective_scan_cpp"]
-
-# ``ssm`` never imports SpeechBrain (DEVELOPING.md); this is the standard
-# logger that speechbrain.utils.logger.get_logger(__name__) would wrap.
-logger = logging.getLogger(__name__)
 
 #: The kernel's source, shipped as package data.
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"
@@ -76,19 +62,12 @@ CHECKPOINT_STEPS = 16
 #: backward adds up dB_t and dC_t over an item's channels once per item.
 MIN_ITEMS = 8
 
-# -O3 and FMA contraction (off by default under -std=c++XX) matter: the
-# kernel is a chain of multiply-adds.
-_CFLAGS = [
-    "-O3",
-    "-march=native",
-    "-ffp-contract=fast",
-    "-fopenmp",
-    "-Wno-psabi",
-]
-_LDFLAGS = ["-fopenmp"]
-
-_lock = threading.Lock()
-_state = {"module": None, "error": None}
+_EXTENSION = CppExtension(
+    SOURCE, what="selective_scan backend 'cpp'", fallback="use backend='torch'"
+)
+#: the extension's load state (tests replace it to simulate a failed build)
+_state = _EXTENSION.state
+_missing_build_tools = _EXTENSION.missing_build_tools
 
 
 # ---------------------------------------------------------------------------
@@ -107,19 +86,10 @@ def load_extension():
     ImportError
         When a build tool is missing (the message names each one and how to
         install it) or the compilation fails (with the compiler's message).
-        A failure is remembered: later calls raise at once.
+        A failure is remembered: later calls raise at once
+        (``speechbrain_s4.extensions.CppExtension``).
     """
-    with _lock:
-        if _state["module"] is not None:
-            return _state["module"]
-        if _state["error"] is None:
-            try:
-                _state["module"] = _build()
-            except ImportError as err:
-                _state["error"] = str(err)
-        if _state["error"] is not None:
-            raise ImportError(_state["error"])
-        return _state["module"]
+    return _EXTENSION.load()
 
 
 def extension_available() -> bool:
@@ -130,107 +100,7 @@ def extension_available() -> bool:
     >>> isinstance(extension_available(), bool)
     True
     """
-    try:
-        load_extension()
-    except ImportError:
-        return False
-    return True
-
-
-def _build():
-    """Check the build tools, then compile or load the cached extension."""
-    missing = _missing_build_tools()
-    if missing:
-        raise ImportError(
-            "selective_scan backend 'cpp' compiles a C++ extension on first "
-            f"use and needs {'; '.join(missing)}; or use backend='torch'"
-        )
-    from torch.utils.cpp_extension import load
-
-    name = _extension_name()
-    logger.info(
-        "selective_scan: loading the C++ CPU scan %s (compiled on first use, "
-        "cached by torch)",
-        name,
-    )
-    try:
-        return load(
-            name=name,
-            sources=[str(SOURCE)],
-            extra_cflags=_CFLAGS,
-            extra_ldflags=_LDFLAGS,
-            verbose=False,
-        )
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
-        message = str(err)
-        if len(message) > 3000:  # the compiler's last lines tell what failed
-            message = "..." + message[-3000:]
-        raise ImportError(
-            f"selective_scan backend 'cpp': compiling {SOURCE} failed: "
-            f"{message}; use backend='torch'"
-        ) from err
-
-
-def _compiler():
-    """The C++ compiler torch's extension builder runs (CXX or c++)."""
-    return os.environ.get("CXX", "c++")
-
-
-def _missing_build_tools():
-    """What the build needs and cannot find, each with how to install it."""
-    from torch.utils.cpp_extension import is_ninja_available
-
-    missing = []
-    if not SOURCE.is_file():
-        missing.append(
-            f"the kernel's source {SOURCE} (not installed; reinstall "
-            "speechbrain_s4 with its package data)"
-        )
-    if shutil.which(_compiler()) is None:
-        missing.append(
-            f"a C++ compiler ({_compiler()!r} not found; e.g. apt-get install "
-            "g++, or set CXX)"
-        )
-    if not is_ninja_available():
-        missing.append("ninja (pip install ninja)")
-    include = sysconfig.get_path("include", scheme="posix_prefix")
-    if not (Path(include) / "Python.h").is_file():
-        missing.append(
-            f"the Python headers ({include}/Python.h not found; e.g. apt-get "
-            "install python3-dev)"
-        )
-    return missing
-
-
-def _extension_name():
-    """Extension name with a digest of the compiler's ``-march=native``.
-
-    The digest covers the compiler version and the instruction sets that
-    "native" selects on this machine, so machines sharing an extensions
-    folder never load each other's binaries (torch only hashes the sources
-    and flags, and "-march=native" reads the same everywhere).
-    """
-    try:
-        probe = subprocess.run(
-            [
-                _compiler(),
-                "-march=native",
-                "-###",
-                "-E",
-                "-x",
-                "c++",
-                os.devnull,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        target = probe.stdout + probe.stderr
-    except (OSError, subprocess.SubprocessError) as err:
-        target = repr(err)
-    digest = hashlib.sha1(target.encode()).hexdigest()[:12]
-    return f"speechbrain_s4_selective_scan_{digest}"
+    return _EXTENSION.available()
 
 
 # ---------------------------------------------------------------------------
