@@ -19,7 +19,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["speechbrain_s4", "speechbrain_s4.*"]),
-    package_data={"speechbrain_s4": ["pretrained/*/*", "ssm/csrc/*.cpp"]},
+    package_data={
+        "speechbrain_s4": ["pretrained/*/*", "csrc/*.cpp", "ssm/csrc/*.cpp"]
+    },
     include_package_data=True,
     install_requires=[
         "speechbrain>=1.1,<1.2",

@@ -3,6 +3,11 @@
 One definition of each: the global layer norm, the depthwise conv + norm
 unit, the local-attention fusion of TDANet/S4M and the resampling they use.
 
+Inference on CPU (no autograd graph, no padding) runs the norm, conv + norm
+and local-attention layers through fused C++ kernels
+(``speechbrain_s4.cpu_kernels``), which compute the same function in fewer
+passes over memory; training and padded batches use PyTorch's ops.
+
 Padded batches: every block takes an optional ``lengths`` ([B] valid frames
 per item). With lengths, statistics and resampling use each item's valid
 frames only and padded frames are kept at zero, so an item gives the same
@@ -19,10 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4 import cpu_kernels
 from speechbrain_s4.ssm import counting
 
 __all__ = [
     "GlobalLayerNorm",
+    "global_norm_prelu",
+    "channel_layer_norm",
     "DepthwiseConvNorm",
     "LocalAttention",
     "depthwise_conv1d",
@@ -111,6 +119,64 @@ class GlobalLayerNorm(nn.Module):
         return (normed * self.weight[:, None] + self.bias[:, None]) * mask
 
 
+def global_norm_prelu(norm: GlobalLayerNorm, act: nn.PReLU, x, mask=None):
+    """``act(norm(x, mask))``, fused into one kernel for CPU inference.
+
+    Arguments
+    ---------
+    norm : GlobalLayerNorm
+    act : nn.PReLU
+    x : torch.Tensor
+        [B, C, L].
+    mask : torch.Tensor, optional
+        [B, 1, L] valid frames.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, C, L].
+
+    Example
+    -------
+    >>> norm, act = GlobalLayerNorm(4), nn.PReLU()
+    >>> global_norm_prelu(norm, act, torch.randn(2, 4, 10)).shape
+    torch.Size([2, 4, 10])
+    """
+    if mask is None and cpu_kernels.usable(x, norm.weight, act.weight):
+        return cpu_kernels.conv_norm(
+            x, None, None, 1, 0, norm.weight, norm.bias, norm.eps, act.weight
+        )
+    return act(norm(x, mask))
+
+
+def channel_layer_norm(norm: nn.LayerNorm, x):
+    """``norm`` (a LayerNorm over C) at every frame of ``x`` [B, C, L].
+
+    PyTorch's LayerNorm wants channels last; the C++ kernel of CPU
+    inference reads channels-first tensors as they are.
+
+    Arguments
+    ---------
+    norm : nn.LayerNorm
+        Normalised shape (C,), with an affine transform.
+    x : torch.Tensor
+        [B, C, L].
+
+    Returns
+    -------
+    torch.Tensor
+        [B, C, L].
+
+    Example
+    -------
+    >>> channel_layer_norm(nn.LayerNorm(4), torch.randn(2, 4, 10)).shape
+    torch.Size([2, 4, 10])
+    """
+    if norm.weight is not None and cpu_kernels.usable(x, norm.weight):
+        return cpu_kernels.channel_layer_norm(x, norm.weight, norm.bias, norm.eps)
+    return norm(x.transpose(1, 2)).transpose(1, 2)
+
+
 class DepthwiseConvNorm(nn.Module):
     """Depthwise 1-D convolution followed by a global layer norm.
 
@@ -157,7 +223,17 @@ class DepthwiseConvNorm(nn.Module):
 
         ``mask`` marks the valid frames of the OUTPUT.
         """
-        return self.norm(depthwise_conv1d(self.conv, x), mask)
+        conv, norm = self.conv, self.norm
+        if mask is None and cpu_kernels.usable(x, conv.weight, norm.weight):
+            (k,), (stride,), (pad,) = conv.kernel_size, conv.stride, conv.padding
+            out = cpu_kernels.conv_norm(
+                x, conv.weight[:, 0], conv.bias, stride, pad,
+                norm.weight, norm.bias, norm.eps,
+            )
+            if counting.active():  # no operation counter sees the kernel
+                counting.note("conv", out.numel() * k)
+            return out
+        return norm(depthwise_conv1d(conv, x), mask)
 
 
 def depthwise_conv1d(conv: nn.Conv1d, x):
@@ -252,7 +328,11 @@ def _nearest(x, length):
 
 
 def _avg_pool(x, length):
+    if x.shape[-1] == length:
+        return x
     if x.shape[-1] % length == 0:  # exact factor: PyTorch's windows tile
+        if cpu_kernels.usable(x):  # one pass; torch's reduction is 3x slower
+            return cpu_kernels.avg_pool(x, length)
         ratio = x.shape[-1] // length
         return x.unflatten(-1, (length, ratio)).mean(-1)
     return F.adaptive_avg_pool1d(x, length)
@@ -328,6 +408,13 @@ class LocalAttention(nn.Module):
         for padded batches (both or neither).
         """
         length, global_length = x_local.shape[-1], x_global.shape[-1]
+        if (
+            lengths_local is None
+            and lengths_global is None
+            and length % global_length == 0
+            and self._fusable(x_local)
+        ):
+            return self._fused(x_local, x_global)
         mask_l = frame_mask(lengths_local, length)
         mask_g = frame_mask(lengths_global, global_length)
         gate = torch.sigmoid(self.global_act(x_global, mask_g))  # rho, eq. 9
@@ -348,4 +435,41 @@ class LocalAttention(nn.Module):
         # per-item resampled shift
         return local * resample_nearest(gate, length, *lens) + resample_nearest(
             shift, length, *lens
+        )
+
+    def _terms(self):
+        return (self.local_embedding, self.global_act, self.global_embedding)
+
+    def _fusable(self, x):
+        """The kernel's assumptions (length-preserving filters, no filter
+        biases, one epsilon) and what ``cpu_kernels.usable`` asks.
+
+        The parameters are checked through the first filter: a module's
+        parameters share a dtype and device unless set one by one.
+        """
+        units = self._terms()
+        first = units[0].conv
+        if any(
+            u.conv.bias is not None
+            or u.conv.kernel_size[0] % 2 == 0
+            or u.conv.stride != (1,)
+            or u.conv.kernel_size != first.kernel_size
+            or u.norm.eps != units[0].norm.eps
+            for u in units
+        ):
+            return False
+        return cpu_kernels.usable(x, first.weight)
+
+    def _fused(self, x_local, x_global):
+        """The whole layer in one C++ kernel (CPU inference, no padding)."""
+        filters = [
+            (unit.conv.weight[:, 0], unit.norm.weight, unit.norm.bias)
+            for unit in self._terms()
+        ]
+        conv = self.local_embedding.conv
+        (k,), (pad,) = conv.kernel_size, conv.padding
+        if counting.active():  # no operation counter sees the kernel
+            counting.note("conv", (x_local.numel() + 2 * x_global.numel()) * k)
+        return cpu_kernels.local_attention(
+            x_local, x_global, *filters, pad, self.local_embedding.norm.eps
         )

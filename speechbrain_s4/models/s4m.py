@@ -54,13 +54,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4.cpu_kernels import pointwise_conv1d
 from speechbrain_s4.layers import (
     DepthwiseConvNorm,
     GlobalLayerNorm,
     LocalAttention,
     adaptive_avg_pool,
+    channel_layer_norm,
     depthwise_conv1d,
     frame_mask,
+    global_norm_prelu,
 )
 from speechbrain_s4.models.arguments import records_arguments
 from speechbrain_s4.models.masking import MaskingSeparator
@@ -274,7 +277,7 @@ class S4ResidualBlock(nn.Module):
 
     def forward(self, x, mask=None):
         """Apply to ``x`` [B, H, L]; ``mask`` [B, 1, L] marks valid frames."""
-        normed = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        normed = channel_layer_norm(self.norm, x)
         if mask is None:
             return x + self.layer(normed)
         # zero the padding before the two-sided convolution can see it
@@ -308,8 +311,9 @@ class FeedForwardBlock(nn.Module):
 
     def forward(self, x, mask=None):
         """Apply to ``x`` [B, H, L]; ``mask`` [B, 1, L] marks valid frames."""
-        normed = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        out = x + self.fc2(self.dropout(F.gelu(self.fc1(normed))))
+        normed = channel_layer_norm(self.norm, x)
+        hidden = self.dropout(F.gelu(pointwise_conv1d(self.fc1, normed)))
+        out = x + pointwise_conv1d(self.fc2, hidden)
         return out if mask is None else out * mask
 
 
@@ -409,7 +413,9 @@ class MultiScaleS4Block(nn.Module):
         for _ in range(self.depth - 1):
             lens.append(None if lengths is None else (lens[-1] + 1) // 2)
         mask = frame_mask(lengths, x.shape[-1])
-        projected = self.proj_act(self.proj_norm(self.proj(x), mask))
+        projected = global_norm_prelu(
+            self.proj_norm, self.proj_act, pointwise_conv1d(self.proj, x), mask
+        )
         scales = [self.downsample[0](projected, mask)]  # [B, H, L]
         for down, n in zip(self.downsample[1:], lens[1:]):
             out_len = (scales[-1].shape[-1] + 1) // 2
@@ -442,7 +448,7 @@ class MultiScaleS4Block(nn.Module):
             n_coarse = lens[i]
             if self.decoder_s4 is not None:
                 coarse = self.decoder_s4[i](coarse, frame_mask(n_coarse, coarse.shape[-1]))
-        out = self.res_conv(coarse) + x
+        out = pointwise_conv1d(self.res_conv, coarse) + x
         return out if mask is None else out * mask
 
 
@@ -522,7 +528,7 @@ class S4MMaskNet(nn.Module):
         """
         B, N, L = features.shape
         mask = frame_mask(lengths, L)
-        x0 = self.bottleneck(self.norm(features, mask))  # [B, C, L]
+        x0 = pointwise_conv1d(self.bottleneck, self.norm(features, mask))
         if mask is not None:
             x0 = x0 * mask
         scale, act = self.unroll
@@ -531,7 +537,8 @@ class S4MMaskNet(nn.Module):
             x = self.block(x0, lengths)
             for _ in range(self.num_blocks - 1):
                 x = self.block(act(depthwise_conv1d(scale, x0 + x)), lengths)
-        masks = F.relu(self.mask(x).view(B, self.num_spks, N, L))
+        act, conv = self.mask
+        masks = F.relu(pointwise_conv1d(conv, act(x)).view(B, self.num_spks, N, L))
         return masks.transpose(0, 1)  # [S, B, N, L]
 
 

@@ -111,8 +111,8 @@ def spectral_conv(
     dtype = torch.promote_types(u.dtype, torch.float32)
     u_f = torch.fft.rfft(u.to(dtype), n=n)  # [B, H, n/2 + 1]
     y = torch.fft.irfft(u_f * k_f, n=n)[..., :length]  # [B, H, L]
-    if D is not None:
-        y = y + D.unsqueeze(-1) * u  # [B, H, L]
+    if D is not None:  # one pass instead of a product and a sum
+        y = torch.addcmul(y, D.unsqueeze(-1).to(dtype), u.to(dtype))
     return y.to(u.dtype)
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4.cpu_kernels import pointwise_conv1d
 from speechbrain_s4.ssm.fftconv import spectral_conv
 from speechbrain_s4.ssm.s4_kernel import (
     DIAGONAL_INITS,
@@ -162,7 +163,8 @@ class S4(nn.Module):
         k_f = self.kernel.spectrum(u.shape[-1])  # [H, n/2 + 1]
         y = spectral_conv(u, k_f, self.D)  # [B, H, L]
         y = self.dropout(F.gelu(y))  # [B, H, L]
-        return F.glu(self.output_linear(y), dim=1)  # [B, 2H, L] -> [B, H, L]
+        y = pointwise_conv1d(self.output_linear, y)  # [B, 2H, L]
+        return F.glu(y, dim=1)  # [B, H, L]
 
     # -- recurrent view -----------------------------------------------------
     def setup_step(self) -> None:

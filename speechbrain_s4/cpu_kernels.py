@@ -1,0 +1,309 @@
+"""Fast CPU paths of the small layers S4M is made of.
+
+S4M-tiny's matrix products are a fifth of its CPU time when its layers run
+op by op in PyTorch; the rest goes to memory-bound layers over
+full-resolution [B, C, L] tensors (depthwise convolutions, global layer
+norms, the local-attention fusion of eq. 9-10), each reading and writing
+its tensor several times. Two remedies live here:
+
+* fused C++ inference kernels (``csrc/conv_norm.cpp``, compiled on first
+  use, ``speechbrain_s4.extensions``): ``conv_norm`` (depthwise conv + gLN
+  + PReLU), ``local_attention`` and ``channel_layer_norm``, two passes over
+  memory each, and ``avg_pool``, one. They have no backward, so they run only where no autograd
+  graph is recorded (``torch.no_grad`` / ``inference_mode``: inference,
+  validation, the benchmark) and, as the layers' padded-batch paths need
+  masks, only for unpadded batches; ``usable`` says when;
+* ``pointwise_conv1d``: a 1x1 convolution as one GEMM (``addmm`` /
+  ``baddbmm``), 15-40 % faster than ``conv1d``'s CPU path forward and
+  backward, so it serves training too.
+
+The layers (``speechbrain_s4.layers``) choose the path; results agree with
+PyTorch's ops to float round-off. ``SPEECHBRAIN_S4_CPU_KERNELS=0`` in the
+environment, or ``with enabled(False):``, turns the C++ kernels off (for
+comparisons); a build failure turns them off with one warning.
+
+Shape legend: B batch, C channels, L frames, k filter taps.
+
+Authors
+ * speechbrain_s4 contributors
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from speechbrain_s4.extensions import CppExtension
+
+__all__ = [
+    "usable",
+    "enabled",
+    "conv_norm",
+    "local_attention",
+    "channel_layer_norm",
+    "avg_pool",
+    "pointwise_conv1d",
+]
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "conv_norm.cpp"
+
+_EXTENSION = CppExtension(
+    SOURCE,
+    what="S4M's fused CPU conv/norm kernels",
+    fallback="PyTorch's operations run instead (slower)",
+)
+_switch = {"on": os.environ.get("SPEECHBRAIN_S4_CPU_KERNELS", "1") != "0"}
+_warned = []
+
+
+@contextlib.contextmanager
+def enabled(flag: bool):
+    """Turn the fused C++ kernels on or off inside a ``with`` block.
+
+    Arguments
+    ---------
+    flag : bool
+        False makes ``usable`` return False (PyTorch's ops run).
+
+    Example
+    -------
+    >>> with enabled(False):
+    ...     usable(torch.zeros(1, 2, 3))
+    False
+    """
+    previous = _switch["on"]
+    _switch["on"] = bool(flag)
+    try:
+        yield
+    finally:
+        _switch["on"] = previous
+
+
+def usable(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """Whether the fused kernels may compute a layer of input ``x``.
+
+    True for float32/float64 CPU tensors (parameters of the same dtype)
+    when no autograd graph is being recorded, CPU autocast is off, the
+    kernels are enabled and the extension builds (it is built on the first
+    call that gets this far).
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        The layer's input.
+    *params : torch.Tensor
+        The layer's parameters.
+
+    Returns
+    -------
+    bool
+    """
+    if not _switch["on"] or torch.is_grad_enabled():
+        return False
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    if any(p.dtype != x.dtype or p.device.type != "cpu" for p in params):
+        return False
+    if _EXTENSION.available():
+        return True
+    if not _warned:
+        _warned.append(True)
+        logger.warning("%s", _EXTENSION.state["error"])
+    return False
+
+
+def conv_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    stride: int,
+    padding: int,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    eps: float,
+    prelu_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """PReLU(gLN(DWConv(x))) in two passes over memory (C++).
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        [B, C, L].
+    weight : torch.Tensor or None
+        [C, k] depthwise filters (zero padding ``padding``, ``stride``);
+        None: no filter (gLN and PReLU only).
+    bias : torch.Tensor or None
+        [C] filter bias.
+    stride, padding : int
+        Of the filter.
+    norm_weight, norm_bias : torch.Tensor
+        [C] gLN gain and bias.
+    eps : float
+        gLN's epsilon (added to the variance).
+    prelu_weight : torch.Tensor, optional
+        [1] or [C] PReLU slopes; None: no activation.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, C, L_out], L_out = (L + 2 padding - k) // stride + 1.
+    """
+    return _EXTENSION.load().conv_norm(
+        x.contiguous(),
+        weight,
+        bias,
+        int(stride),
+        int(padding),
+        norm_weight,
+        norm_bias,
+        float(eps),
+        prelu_weight,
+    )
+
+
+def local_attention(
+    x_local: torch.Tensor,
+    x_global: torch.Tensor,
+    local_filter: tuple,
+    act_filter: tuple,
+    emb_filter: tuple,
+    padding: int,
+    eps: float,
+) -> torch.Tensor:
+    """S4M's local attention (eq. 9-10) for an integer up-sampling factor.
+
+    ``gLN(DWConv_l(x_l)) * sigmoid(gLN(DWConv_a(x_g))) + gLN(DWConv_e(x_g))``,
+    the two global terms nearest-upsampled from L_g to L frames.
+
+    Arguments
+    ---------
+    x_local : torch.Tensor
+        [B, C, L].
+    x_global : torch.Tensor
+        [B, C, L_g], L a multiple of L_g.
+    local_filter, act_filter, emb_filter : tuple
+        (filters [C, k], gLN weight [C], gLN bias [C]) of each term
+        (no filter biases).
+    padding : int
+        (k - 1) // 2, length-preserving.
+    eps : float
+        gLN's epsilon.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, C, L].
+    """
+    return _EXTENSION.load().local_attention(
+        x_local.contiguous(),
+        x_global.contiguous(),
+        *local_filter,
+        *act_filter,
+        *emb_filter,
+        int(padding),
+        float(eps),
+    )
+
+
+def channel_layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """LayerNorm over the channels of ``x`` [B, C, L] at every frame (C++).
+
+    Equals ``layer_norm(x.transpose(1, 2)).transpose(1, 2)`` without the
+    transposed copies.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        [B, C, L].
+    weight, bias : torch.Tensor
+        [C].
+    eps : float
+
+    Returns
+    -------
+    torch.Tensor
+        [B, C, L].
+    """
+    return _EXTENSION.load().channel_layer_norm(
+        x.contiguous(), weight, bias, float(eps)
+    )
+
+
+def avg_pool(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Average pooling of ``x`` [B, C, L] to ``length`` frames (C++).
+
+    L must be a multiple of ``length``; the windows are then those of
+    ``adaptive_avg_pool1d``.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        [B, C, L].
+    length : int
+
+    Returns
+    -------
+    torch.Tensor
+        [B, C, length].
+    """
+    return _EXTENSION.load().avg_pool(x.contiguous(), int(length))
+
+
+def pointwise_conv1d(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ``nn.Conv1d`` (groups 1) applied to ``x`` [B, C_in, L] as a GEMM.
+
+    ``W [C_out, C_in] @ x_b + bias`` per item, by ``addmm`` (B = 1) or
+    ``baddbmm``: the same function as ``conv(x)`` with autograd, faster on
+    CPU than ``conv1d``, which goes through an im2col path. Other devices
+    and convolutions that are not plain 1x1 ones call ``conv``.
+
+    Arguments
+    ---------
+    conv : torch.nn.Conv1d
+    x : torch.Tensor
+        [B, C_in, L].
+
+    Returns
+    -------
+    torch.Tensor
+        [B, C_out, L].
+
+    Example
+    -------
+    >>> conv = torch.nn.Conv1d(4, 6, 1)
+    >>> x = torch.randn(2, 4, 9)
+    >>> torch.allclose(pointwise_conv1d(conv, x), conv(x), atol=1e-6)
+    True
+    """
+    if (
+        x.device.type != "cpu"
+        or x.dim() != 3
+        or conv.kernel_size != (1,)
+        or conv.stride != (1,)
+        or conv.padding != (0,)
+        or conv.groups != 1
+        or conv.padding_mode != "zeros"
+        or x.dtype != conv.weight.dtype
+    ):
+        return conv(x)
+    weight = conv.weight[..., 0]  # [C_out, C_in]
+    batch, _, length = x.shape
+    if batch == 1:
+        if conv.bias is None:
+            return torch.mm(weight, x[0]).unsqueeze(0)
+        return torch.addmm(conv.bias[:, None], weight, x[0]).unsqueeze(0)
+    weight = weight.expand(batch, *weight.shape)
+    if conv.bias is None:
+        return torch.bmm(weight, x)
+    bias = conv.bias[None, :, None].expand(batch, -1, length)
+    return torch.baddbmm(bias, weight, x)

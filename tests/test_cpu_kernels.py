@@ -1,0 +1,277 @@
+"""The fused C++ CPU kernels against the PyTorch layers they replace.
+
+Every kernel of ``csrc/conv_norm.cpp`` must compute the same function as
+the op-by-op PyTorch path of its layer (``cpu_kernels.enabled(False)``) to
+float round-off, for every shape the layers can give it (odd lengths,
+strides 1 and 2, 1-5 taps, batches, float32 and float64), independently of
+the thread count; the layers must take the kernels only where they apply
+(inference, unpadded, CPU float) and fall back, with one warning, when the
+extension cannot be built. The tests skip only when a build tool is
+missing (they name it); a failing compilation fails them.
+"""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from speechbrain_s4 import cpu_kernels
+from speechbrain_s4.layers import (
+    DepthwiseConvNorm,
+    GlobalLayerNorm,
+    LocalAttention,
+    adaptive_avg_pool,
+    channel_layer_norm,
+    global_norm_prelu,
+)
+from speechbrain_s4.macs import count_macs
+from speechbrain_s4.models.s4m import S4M
+
+MISSING_TOOLS = cpu_kernels._EXTENSION.missing_build_tools()
+pytestmark = pytest.mark.skipif(
+    bool(MISSING_TOOLS),
+    reason="the C++ kernels cannot be built here: needs "
+    + "; ".join(MISSING_TOOLS),
+)
+
+TOLERANCE = {torch.float32: 2e-6, torch.float64: 1e-12}
+
+
+def randomise_(module, seed=0):
+    """Non-trivial parameters (norm gains and biases are 1 and 0 at init)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
+            if p.numel() == 1:  # PReLU slope
+                p.abs_()
+    return module
+
+
+def assert_same_function(fused, reference, dtype):
+    peak = reference.abs().max()
+    err = (fused - reference).abs().max()
+    assert fused.shape == reference.shape and fused.dtype == reference.dtype
+    assert err <= TOLERANCE[dtype] * peak, f"max error {err:.3g}, peak {peak:.3g}"
+
+
+KERNELS = ("conv_norm", "local_attention", "channel_layer_norm", "avg_pool")
+
+
+def both_paths(fn, fused_calls=True):
+    """fn() with the kernels, then with PyTorch's ops, both under no_grad.
+
+    Asserts that the first run called a C++ kernel (``fused_calls=False``:
+    that it did not), so that a silent fallback cannot pass for a match.
+    """
+    calls = []
+    originals = {name: getattr(cpu_kernels, name) for name in KERNELS}
+
+    def spy(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return originals[name](*args, **kwargs)
+
+        return call
+
+    try:
+        for name in KERNELS:
+            setattr(cpu_kernels, name, spy(name))
+        with torch.no_grad():
+            fused = fn()
+            assert bool(calls) == fused_calls, calls
+            with cpu_kernels.enabled(False):
+                reference = fn()
+    finally:
+        for name, original in originals.items():
+            setattr(cpu_kernels, name, original)
+    return fused, reference
+
+
+def test_kernels_build_and_are_used_for_inference():
+    x = torch.randn(2, 4, 9)
+    with torch.no_grad():
+        assert cpu_kernels.usable(x)  # builds the extension
+        assert cpu_kernels.usable(x.double(), torch.zeros(3, dtype=torch.float64))
+        assert not cpu_kernels.usable(x.to(torch.bfloat16))
+        assert not cpu_kernels.usable(x, torch.zeros(3, dtype=torch.float64))
+        with cpu_kernels.enabled(False):
+            assert not cpu_kernels.usable(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not cpu_kernels.usable(x)
+    assert not cpu_kernels.usable(x)  # autograd records: PyTorch's ops
+
+
+#: (taps, stride, input length): every length a padded filter can take
+CONV_CASES = [
+    (k, stride, length)
+    for k, stride in [(5, 1), (5, 2), (3, 2), (1, 1), (4, 1), (5, 3)]
+    for length in [1, 2, 7, 64, 101]
+    if length + 2 * ((k - 1) // 2) >= k
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel_size, stride, length", CONV_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_norm_equals_depthwise_conv_norm(kernel_size, stride, length, bias, dtype):
+    layer = DepthwiseConvNorm(6, kernel_size, stride=stride, bias=bias)
+    layer = randomise_(layer).to(dtype).eval()
+    x = torch.randn(3, 6, length, dtype=dtype) * 2 + 0.5
+    assert_same_function(*both_paths(lambda: layer(x)), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("num_slopes", [1, 5])
+def test_global_norm_prelu_equals_norm_then_prelu(num_slopes, dtype):
+    norm = randomise_(GlobalLayerNorm(5)).to(dtype)
+    act = randomise_(nn.PReLU(num_slopes)).to(dtype)
+    x = torch.randn(2, 5, 33, dtype=dtype) + 1.0
+    fused, reference = both_paths(lambda: global_norm_prelu(norm, act, x))
+    assert_same_function(fused, reference, dtype)
+    assert (fused < 0).any()  # the slope was used
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel_size", [1, 5])
+@pytest.mark.parametrize("ratio", [1, 2, 4, 8, 3])
+@pytest.mark.parametrize("global_length", [1, 5, 16])
+def test_local_attention_equals_the_layer(kernel_size, ratio, global_length, dtype):
+    layer = randomise_(LocalAttention(7, kernel_size)).to(dtype).eval()
+    x_local = torch.randn(2, 7, global_length * ratio, dtype=dtype)
+    x_global = torch.randn(2, 7, global_length, dtype=dtype)
+    assert_same_function(
+        *both_paths(lambda: layer(x_local, x_global)), dtype
+    )
+
+
+def test_local_attention_keeps_pytorch_for_other_factors_and_padding():
+    layer = randomise_(LocalAttention(4, 5)).eval()
+    x_local, x_global = torch.randn(2, 4, 11), torch.randn(2, 4, 6)
+    # 11 frames from 6: no integer factor, the layer's nearest resampling
+    # (its three conv + norm units still use the kernel)
+    assert_same_function(*both_paths(lambda: layer(x_local, x_global)), torch.float32)
+    lengths = (torch.tensor([11, 8]), torch.tensor([6, 4]))
+    fused, reference = both_paths(
+        lambda: layer(x_local, x_global, *lengths), fused_calls=False
+    )
+    assert torch.equal(fused, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("length", [1, 5, 300, 513])
+def test_channel_layer_norm_equals_layer_norm_over_channels(length, dtype):
+    norm = randomise_(nn.LayerNorm(9)).to(dtype)
+    x = torch.randn(2, 9, length, dtype=dtype) * 3 - 1
+    assert_same_function(*both_paths(lambda: channel_layer_norm(norm, x)), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ratio", [2, 3, 4, 8])
+def test_avg_pool_equals_adaptive_avg_pool(ratio, dtype):
+    x = torch.randn(2, 3, 7 * ratio, dtype=dtype)
+    fused, reference = both_paths(lambda: adaptive_avg_pool(x, 7))
+    assert_same_function(fused, reference, dtype)
+    expected = torch.nn.functional.adaptive_avg_pool1d(x, 7)
+    assert_same_function(fused, expected, dtype)
+
+
+def test_kernels_read_non_contiguous_inputs():
+    layer = randomise_(DepthwiseConvNorm(6, 5, stride=2)).eval()
+    x = torch.randn(3, 40, 6).transpose(1, 2)  # [3, 6, 40], channels-last
+    assert not x.is_contiguous()
+    assert_same_function(*both_paths(lambda: layer(x)), torch.float32)
+
+
+def test_kernels_give_the_same_result_on_any_number_of_threads():
+    model = randomise_(tiny_s4m()).eval()
+    mix = torch.randn(2, 3000)
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            one = model(mix)
+            torch.set_num_threads(2)
+            two = model(mix)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_kernels_reject_what_they_cannot_compute():
+    ext = cpu_kernels._EXTENSION.load()
+    x, w, ones = torch.randn(1, 4, 10), torch.randn(4, 5), torch.ones(4)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ext.conv_norm(x, w.t().contiguous().t(), None, 1, 2, ones, ones, 1e-8, None)
+    with pytest.raises(RuntimeError, match="gn_weight"):
+        ext.conv_norm(x, w, None, 1, 2, torch.ones(3), ones, 1e-8, None)
+    with pytest.raises(RuntimeError, match="multiple of L_g"):
+        ext.local_attention(x, torch.randn(1, 4, 3), w, ones, ones, w, ones, ones, w, ones, ones, 2, 1e-8)
+    with pytest.raises(RuntimeError, match="multiple of n"):
+        ext.avg_pool(x, 3)
+
+
+def tiny_s4m(**kwargs):
+    config = dict(bottleneck_channels=8, hidden_channels=16, num_blocks=2)
+    return S4M(**{**config, **kwargs})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("decoder_s4", [False, True])
+@pytest.mark.parametrize("align_frames", [True, False])
+def test_s4m_inference_equals_the_pytorch_path(decoder_s4, align_frames, dtype):
+    model = tiny_s4m(decoder_s4=decoder_s4, align_frames=align_frames)
+    model = randomise_(model).to(dtype).eval()
+    mix = torch.randn(2, 2345, dtype=dtype)
+    fused, reference = both_paths(lambda: model(mix))
+    assert_same_function(fused, reference, dtype)
+
+
+def test_s4m_macs_count_the_fused_kernels():
+    model = tiny_s4m(decoder_s4=True).eval()
+    with torch.no_grad():  # S4 kernels are cached in eval: count both warm
+        model(torch.randn(1, 2000))
+    fused = count_macs(model, seconds=0.25)
+    with cpu_kernels.enabled(False):
+        reference = count_macs(model, seconds=0.25)
+    for kind in ("matmul", "fft", "total"):
+        assert fused[kind] == pytest.approx(reference[kind], rel=1e-9), kind
+
+
+def test_a_failed_build_falls_back_to_pytorch_with_one_warning(monkeypatch, caplog):
+    model = randomise_(tiny_s4m()).eval()
+    mix = torch.randn(1, 1000)
+    with torch.no_grad(), cpu_kernels.enabled(False):
+        expected = model(mix)
+    monkeypatch.setitem(cpu_kernels._EXTENSION.state, "module", None)
+    monkeypatch.setitem(cpu_kernels._EXTENSION.state, "error", "no compiler (test)")
+    monkeypatch.setattr(cpu_kernels, "_warned", [])
+    with caplog.at_level(logging.WARNING, logger="speechbrain_s4.cpu_kernels"):
+        with torch.no_grad():
+            out = model(mix)
+            model(mix)
+    assert torch.equal(out, expected)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["no compiler (test)"]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv1d_is_the_convolution_with_its_gradients(batch, bias):
+    conv = nn.Conv1d(5, 7, 1, bias=bias)
+    x = torch.randn(batch, 5, 11, requires_grad=True)
+    out = cpu_kernels.pointwise_conv1d(conv, x)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, *conv.parameters()], grad)
+    ref_out = conv(x)
+    expected = torch.autograd.grad(ref_out, [x, *conv.parameters()], grad)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_conv1d_leaves_other_convolutions_to_pytorch():
+    conv = nn.Conv1d(4, 4, 3, padding=1)
+    x = torch.randn(2, 4, 9)
+    assert torch.equal(cpu_kernels.pointwise_conv1d(conv, x), conv(x))
