@@ -64,6 +64,8 @@ class CppExtension:
         What the kernel is, for messages ("selective_scan backend 'cpp'").
     fallback : str
         What the user can do instead, for messages ("use backend='torch'").
+    extra_cflags : list of str
+        Compiler flags beyond ``CFLAGS``.
 
     Attributes
     ----------
@@ -71,10 +73,11 @@ class CppExtension:
         ``{"module": loaded module or None, "error": message or None}``.
     """
 
-    def __init__(self, source: Path, what: str, fallback: str):
+    def __init__(self, source: Path, what: str, fallback: str, extra_cflags=()):
         self.source = Path(source)
         self.what = what
         self.fallback = fallback
+        self.cflags = [*CFLAGS, *extra_cflags]
         self.state = {"module": None, "error": None}
         self._lock = threading.Lock()
 
@@ -163,7 +166,7 @@ class CppExtension:
             return load(
                 name=name,
                 sources=[str(self.source)],
-                extra_cflags=CFLAGS,
+                extra_cflags=self.cflags,
                 extra_ldflags=LDFLAGS,
                 verbose=False,
             )

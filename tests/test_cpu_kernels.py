@@ -56,7 +56,14 @@ def assert_same_function(fused, reference, dtype):
     assert err <= TOLERANCE[dtype] * peak, f"max error {err:.3g}, peak {peak:.3g}"
 
 
-KERNELS = ("conv_norm", "local_attention", "channel_layer_norm", "avg_pool")
+KERNELS = (
+    "conv_norm",
+    "local_attention",
+    "channel_layer_norm",
+    "avg_pool",
+    "gelu_skip",
+    "glu_residual",
+)
 
 
 def both_paths(fn, fused_calls=True):
@@ -177,6 +184,37 @@ def test_avg_pool_equals_adaptive_avg_pool(ratio, dtype):
     assert_same_function(fused, expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("residual", [True, False])
+def test_s4_layer_tail_equals_the_pytorch_path(bidirectional, residual, dtype):
+    from speechbrain_s4.ssm import S4
+
+    layer = S4(6, d_state=8, bidirectional=bidirectional).to(dtype).eval()
+    with torch.no_grad():
+        layer.D.mul_(3.0)  # a skip large enough to matter
+    u = torch.randn(2, 6, 37, dtype=dtype) * 2
+    skip = torch.randn(2, 6, 37, dtype=dtype) if residual else None
+    assert_same_function(*both_paths(lambda: layer(u, residual=skip)), dtype)
+
+
+def test_float32_exp_and_erf_are_accurate_over_the_whole_range():
+    # gelu_skip with D = 0 is GELU(y); glu_residual with a = 1, x = 0 is the
+    # sigmoid: compare both with float64 references at 200k points
+    v = torch.linspace(-60.0, 60.0, 200001).view(1, 1, -1)
+    ext = cpu_kernels._EXTENSION.load()
+    gelu = ext.gelu_skip(v, v, torch.zeros(1))
+    exact = torch.nn.functional.gelu(v.double())
+    assert (gelu.double() - exact).abs().max() <= 1e-6 * 60  # A&S 7.1.26
+    tail = v < -3  # GELU(v) -> 0 from below: no cancellation
+    assert ((gelu.double() - exact)[tail].abs() <= 1.5e-7 * v[tail].abs()).all()
+    ones = torch.cat([torch.ones_like(v), v], dim=1)
+    sigmoid = ext.glu_residual(ones, torch.zeros_like(v))
+    reference = torch.sigmoid(v.double())
+    assert ((sigmoid.double() - reference).abs() <= 2e-7 * reference + 1e-38).all()
+    assert torch.equal(ext.glu_residual(ones[..., :1] * float("nan"), v[..., :1]).isnan(), torch.ones(1, 1, 1, dtype=torch.bool))
+
+
 def test_kernels_read_non_contiguous_inputs():
     layer = randomise_(DepthwiseConvNorm(6, 5, stride=2)).eval()
     x = torch.randn(3, 40, 6).transpose(1, 2)  # [3, 6, 40], channels-last
@@ -203,13 +241,17 @@ def test_kernels_reject_what_they_cannot_compute():
     ext = cpu_kernels._EXTENSION.load()
     x, w, ones = torch.randn(1, 4, 10), torch.randn(4, 5), torch.ones(4)
     with pytest.raises(RuntimeError, match="contiguous"):
-        ext.conv_norm(x, w.t().contiguous().t(), None, 1, 2, ones, ones, 1e-8, None)
+        ext.conv_norm(x, w.t().contiguous().t(), None, 1, 2, ones, ones, 1e-8, None, False)
     with pytest.raises(RuntimeError, match="gn_weight"):
-        ext.conv_norm(x, w, None, 1, 2, torch.ones(3), ones, 1e-8, None)
+        ext.conv_norm(x, w, None, 1, 2, torch.ones(3), ones, 1e-8, None, False)
     with pytest.raises(RuntimeError, match="multiple of L_g"):
         ext.local_attention(x, torch.randn(1, 4, 3), w, ones, ones, w, ones, ones, w, ones, ones, 2, 1e-8)
     with pytest.raises(RuntimeError, match="multiple of n"):
         ext.avg_pool(x, 3)
+    with pytest.raises(RuntimeError, match="n >= L"):
+        ext.gelu_skip(torch.randn(1, 4, 5), x, ones)
+    with pytest.raises(RuntimeError, match=r"\[B, 2H, L\]"):
+        ext.glu_residual(x, x)
 
 
 def tiny_s4m(**kwargs):

@@ -2,24 +2,32 @@
 //
 // S4M (Chen et al., Interspeech 2023) spends most of its CPU time outside
 // its matrix products: depthwise convolutions, global layer norms (gLN,
-// Conv-TasNet) and the local-attention fusion of its multi-scale block
-// (eq. 9-10) each read and write a full-resolution [B, C, L] tensor
-// several times when run op by op. Each function below does one such layer
-// in two passes over memory:
+// Conv-TasNet), the local-attention fusion of its multi-scale block
+// (eq. 9-10) and the pointwise tail of its S4 layers each read and write a
+// full-resolution [B, C, L] tensor several times when run op by op. Each
+// function below does one such layer in one or two passes over memory:
 //
-//   conv_norm        y = PReLU(gLN(DWConv(x)))  (conv, PReLU optional)
+//   conv_norm        y = act(gLN(DWConv(x))), act = none, PReLU or sigmoid
 //   local_attention  y = gLN(DWConv_l(x_l)) * sigmoid(gLN(DWConv_a(x_g)))
 //                        + gLN(DWConv_e(x_g)),  x_g terms nearest-upsampled
 //   channel_layer_norm  LayerNorm over channels of a [B, C, L] tensor
-//   avg_pool         mean over windows of an exact factor (one pass)
+//   avg_pool         mean over windows of an exact factor
+//   gelu_skip        GELU(y + D u), the S4 layer after its convolution
+//   glu_residual     x + a * sigmoid(b), [a; b] the S4 layer's projection
 //
-// Pass 1 filters one (batch, channel) row at a time (the row stays in the
-// L1 cache while the k taps are added) and accumulates the row's sum and
-// sum of squares in double precision; pass 2 applies the per-item
-// normalisation (and the gate) in place. gLN statistics are the biased
-// mean and variance over channels and time of each item, as
-// torch.nn.functional.group_norm(x, 1, ...) computes them; the results agree
-// with the op-by-op PyTorch layers to float round-off.
+// gLN layers filter one (batch, channel) row at a time (the row stays in the
+// L1 cache while the k taps are added) and accumulate the row's sum and sum
+// of squares in double precision (pass 1), then apply the per-item
+// normalisation and the activation (pass 2). A one-tap filter (or none)
+// is folded into pass 2's affine map instead of being written out. gLN
+// statistics are the biased mean and variance over channels and time of
+// each item, as torch.nn.functional.group_norm(x, 1, ...) computes them.
+//
+// float32 results agree with PyTorch's op-by-op layers to round-off: exp is
+// a degree-6 polynomial after range reduction (within 1e-7 relative), erf
+// (exact GELU) is Abramowitz and Stegun 7.1.26 (within 1.5e-7 absolute).
+// float64 uses the C library's exp and erf. Loops are written so that GCC
+// vectorises them (-O3 -march=native -fno-trapping-math).
 //
 // Rows run in parallel through at::parallel_for (torch's OpenMP pool, so
 // torch.set_num_threads applies). Each row's arithmetic and the per-item
@@ -27,18 +35,17 @@
 // number of threads.
 //
 // Inputs are contiguous CPU tensors of float or double; the Python wrapper
-// (speechbrain_s4/conv_norm_cpp.py) checks this and falls back to PyTorch
+// (speechbrain_s4/cpu_kernels.py) checks this and falls back to PyTorch
 // otherwise. These kernels have no backward: training uses PyTorch's ops.
 //
 // Shape legend: B batch, C channels, L frames (L_g of the global input),
-// k filter taps.
+// k filter taps, H channels of an S4 layer.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/sigmoid.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
@@ -52,6 +59,57 @@ namespace {
 // Rows per parallel task: a row is ~1000 frames, a few microseconds.
 constexpr int64_t kGrain = 16;
 
+// ---------------------------------------------------------------------------
+// Elementary functions that vectorise
+// ---------------------------------------------------------------------------
+// e^x = 2^k e^r, k = round(x / ln 2), |r| <= ln(2) / 2 (Cody-Waite split of
+// ln 2), e^r by the minimax polynomial of Cephes' expf; 2^k from the
+// exponent bits. Clamped to the normal range of float.
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float k = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  return p * __builtin_bit_cast(float, bits);
+}
+
+inline double exp_approx(double x) { return std::exp(x); }
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + exp_approx(-x));
+}
+
+// Exact (erf) GELU: v (1 + erf(v / sqrt 2)) / 2. For x = v / sqrt 2 < 0,
+// 1 + erf(x) = erfc(|x|) = q is computed directly (no cancellation), with
+// q = t P(t) exp(-x^2), t = 1 / (1 + p |x|) (A&S 7.1.26).
+inline float gelu(float v) {
+  const float x = v * 0.70710678118654752f;
+  const float ax = x < 0.0f ? -x : x;
+  const float t = 1.0f / (1.0f + 0.3275911f * ax);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  const float q = p * t * exp_approx(-ax * ax);
+  return 0.5f * v * (x < 0.0f ? q : 2.0f - q);
+}
+
+inline double gelu(double v) {
+  return 0.5 * v * (1.0 + std::erf(v * 0.70710678118654752));
+}
+
+// ---------------------------------------------------------------------------
+// Rows
+// ---------------------------------------------------------------------------
 // y[l] = bias + sum_j w[j] x[stride l + j - pad], l < n, x zero outside
 // [0, L). Stride 2 first splits x into its even and odd samples (scratch,
 // L + 1 values) so that every tap is a unit-stride multiply-add.
@@ -81,7 +139,7 @@ void conv_row(const T* x, int64_t L, const T* w, int64_t k, int64_t stride,
     }
     if (n_even > n_odd) even[n_even - 1] = x[L - 1];
     for (int64_t j = 0; j < k; ++j) {
-      const int64_t off = j - pad;           // x index 2 l + off
+      const int64_t off = j - pad;              // x index 2 l + off
       const int64_t m = (off - (off & 1)) / 2;  // floor(off / 2)
       const T* src = (off & 1) ? odd : even;
       const int64_t count = (off & 1) ? n_odd : n_even;
@@ -117,27 +175,6 @@ void row_moments(const T* y, int64_t n, double* sum, double* sq) {
   *sq = q;
 }
 
-// Per item: mean and 1 / sqrt(var + eps) from the rows' moments, summed
-// over the item's C rows in channel order.
-void item_stats(const std::vector<double>& sum, const std::vector<double>& sq,
-                int64_t B, int64_t C, int64_t n, double eps,
-                std::vector<double>* mean, std::vector<double>* rstd) {
-  mean->assign(B, 0.0);
-  rstd->assign(B, 0.0);
-  const double count = static_cast<double>(C) * static_cast<double>(n);
-  for (int64_t b = 0; b < B; ++b) {
-    double s = 0.0, q = 0.0;
-    for (int64_t c = 0; c < C; ++c) {
-      s += sum[b * C + c];
-      q += sq[b * C + c];
-    }
-    const double mu = s / count;
-    const double var = std::max(q / count - mu * mu, 0.0);
-    (*mean)[b] = mu;
-    (*rstd)[b] = 1.0 / std::sqrt(var + eps);
-  }
-}
-
 void check_input(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
@@ -157,30 +194,85 @@ int64_t output_length(int64_t L, int64_t k, int64_t stride, int64_t pad) {
   return (L + 2 * pad - k) / stride + 1;
 }
 
-// Pass 1 of a gLN layer: filter every row of x [B, C, L] into y [B, C, n]
-// (or, without a filter, only read x) and return the per-item statistics.
+// ---------------------------------------------------------------------------
+// gLN layers
+// ---------------------------------------------------------------------------
+// A gLN layer's input x [B, C, L], its optional depthwise filter and its
+// normalisation, as pass 2 needs them: per row r, the normalised filter
+// output is src_r[l] * scale[r] + shift[r], where src is the filter output
+// (written to `out` by pass 1) or, for a one-tap filter or none, x itself.
 template <typename T>
-void filter_and_moments(const T* x, int64_t B, int64_t C, int64_t L,
-                        const T* w, int64_t k, const T* bias, int64_t stride,
-                        int64_t pad, T* y, int64_t n, double eps,
-                        std::vector<double>* mean, std::vector<double>* rstd) {
+struct Normalised {
+  const T* src = nullptr;
+  int64_t n = 0;  // frames per row
+  std::vector<T> scale, shift;
+};
+
+// Pass 1 of a gLN layer: filter (k > 1 or stride > 1) every row of x into
+// out [B, C, n], accumulate the rows' moments, and return the affine map of
+// each row that pass 2 applies. w [C, k] or nullptr (no filter).
+template <typename T>
+Normalised<T> filter_and_normalise(const T* x, int64_t B, int64_t C,
+                                   int64_t L, const T* w, int64_t k,
+                                   const T* bias, int64_t stride, int64_t pad,
+                                   T* out, int64_t n, const T* gn_weight,
+                                   const T* gn_bias, double eps) {
+  // one tap (or none): y = w_c x + b_c is folded into pass 2
+  const bool pointwise = w == nullptr || (k == 1 && stride == 1 && pad == 0);
   std::vector<double> sum(B * C), sq(B * C);
   at::parallel_for(0, B * C, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(stride == 2 ? L + 1 : 0);
+    std::vector<T> scratch(stride == 2 && !pointwise ? L + 1 : 0);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t c = r % C;
-      if (w == nullptr) {
+      if (pointwise) {
         row_moments(x + r * L, L, &sum[r], &sq[r]);
         continue;
       }
-      T* yr = y + r * n;
+      const int64_t c = r % C;
+      T* yr = out + r * n;
       conv_row(x + r * L, L, w + c * k, k, stride, pad,
                bias ? bias[c] : T(0), yr, n, scratch.data());
       row_moments(yr, n, &sum[r], &sq[r]);
     }
   });
-  item_stats(sum, sq, B, C, n, eps, mean, rstd);
+  Normalised<T> result;
+  result.src = pointwise ? x : out;
+  result.n = n;
+  result.scale.resize(B * C);
+  result.shift.resize(B * C);
+  const double count = static_cast<double>(C) * static_cast<double>(n);
+  for (int64_t b = 0; b < B; ++b) {
+    // moments of the filter output w_c x + b_c from those of x
+    double s = 0.0, q = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t r = b * C + c;
+      if (pointwise && w != nullptr) {
+        const double wc = w[c], bc = bias ? bias[c] : 0.0;
+        s += wc * sum[r] + n * bc;
+        q += wc * wc * sq[r] + 2.0 * wc * bc * sum[r] + n * bc * bc;
+      } else {
+        s += sum[r];
+        q += sq[r];
+      }
+    }
+    const double mean = s / count;
+    const double var = std::max(q / count - mean * mean, 0.0);
+    const double rstd = 1.0 / std::sqrt(var + eps);
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t r = b * C + c;
+      const double a = gn_weight[c] * rstd;
+      double scale = a, shift = gn_bias[c] - mean * a;
+      if (pointwise && w != nullptr) {  // (w x + b) a + s0
+        shift += (bias ? bias[c] : 0.0) * a;
+        scale *= w[c];
+      }
+      result.scale[r] = static_cast<T>(scale);
+      result.shift[r] = static_cast<T>(shift);
+    }
+  }
+  return result;
 }
+
+enum class Activation { kNone, kPrelu, kSigmoid };
 
 template <typename T>
 void affine_row(const T* src, T* y, int64_t n, T a, T s) {
@@ -197,63 +289,27 @@ void affine_prelu_row(const T* src, T* y, int64_t n, T a, T s, T p) {
   }
 }
 
-// y[i R + t] = (y[i R + t] a + s) g[i] + e[i], t < R: the last pass of
-// the local attention, nearest up-sampling by R included. R is a template
-// argument for the factors S4M uses (1, 2, 4, 8), so that the compiler
-// vectorises the R-fold broadcast; other factors take the generic loop.
-template <typename T, int R>
-void gate_row_fixed(T* y, int64_t Lg, T a, T s, const T* g, const T* e) {
+template <typename T>
+void affine_sigmoid_row(const T* src, T* y, int64_t n, T a, T s) {
 #pragma omp simd
-  for (int64_t i = 0; i < Lg; ++i) {
-    const T gi = g[i], ei = e[i];
-    for (int t = 0; t < R; ++t) y[i * R + t] = (y[i * R + t] * a + s) * gi + ei;
-  }
+  for (int64_t l = 0; l < n; ++l) y[l] = sigmoid(src[l] * a + s);
 }
 
+// Pass 2 of conv_norm: out = act(src * scale + shift), row by row.
 template <typename T>
-void gate_row(T* y, int64_t Lg, int64_t ratio, T a, T s, const T* g,
-              const T* e) {
-  switch (ratio) {
-    case 1: return gate_row_fixed<T, 1>(y, Lg, a, s, g, e);
-    case 2: return gate_row_fixed<T, 2>(y, Lg, a, s, g, e);
-    case 4: return gate_row_fixed<T, 4>(y, Lg, a, s, g, e);
-    case 8: return gate_row_fixed<T, 8>(y, Lg, a, s, g, e);
-    default:
-      for (int64_t i = 0; i < Lg; ++i)
-        for (int64_t t = 0; t < ratio; ++t)
-          y[i * ratio + t] = (y[i * ratio + t] * a + s) * g[i] + e[i];
-  }
-}
-
-template <typename T>
-void conv_norm_impl(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                    const std::optional<at::Tensor>& bias, int64_t stride,
-                    int64_t pad, const at::Tensor& gn_weight,
-                    const at::Tensor& gn_bias, double eps,
-                    const std::optional<at::Tensor>& prelu, int64_t k,
-                    int64_t n, at::Tensor& out) {
-  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
-  const T* xp = x.data_ptr<T>();
-  const T* wp = weight.has_value() ? weight->data_ptr<T>() : nullptr;
-  const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
-  const T* gw = gn_weight.data_ptr<T>();
-  const T* gb = gn_bias.data_ptr<T>();
-  const T* slope = prelu.has_value() ? prelu->data_ptr<T>() : nullptr;
-  const bool per_channel_slope = prelu.has_value() && prelu->numel() == C;
-  T* yp = out.data_ptr<T>();
-  std::vector<double> mean, rstd;
-  filter_and_moments(xp, B, C, L, wp, k, bp, stride, pad, yp, n, eps, &mean,
-                     &rstd);
-  at::parallel_for(0, B * C, kGrain, [&](int64_t begin, int64_t end) {
+void apply_normalised(const Normalised<T>& norm, int64_t C, Activation act,
+                      const T* slope, bool per_channel_slope, T* out,
+                      int64_t rows) {
+  const int64_t n = norm.n;
+  at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / C, c = r % C;
-      const T a = static_cast<T>(gw[c] * rstd[b]);
-      const T s = static_cast<T>(gb[c] - mean[b] * gw[c] * rstd[b]);
-      const T* src = (wp ? yp : xp) + r * n;
-      T* yr = yp + r * n;
-      if (slope) {
-        const T p = slope[per_channel_slope ? c : 0];
-        affine_prelu_row(src, yr, n, a, s, p);
+      const T* src = norm.src + r * n;
+      const T a = norm.scale[r], s = norm.shift[r];
+      T* yr = out + r * n;
+      if (act == Activation::kPrelu) {
+        affine_prelu_row(src, yr, n, a, s, slope[per_channel_slope ? r % C : 0]);
+      } else if (act == Activation::kSigmoid) {
+        affine_sigmoid_row(src, yr, n, a, s);
       } else {
         affine_row(src, yr, n, a, s);
       }
@@ -261,15 +317,39 @@ void conv_norm_impl(const at::Tensor& x, const std::optional<at::Tensor>& weight
   });
 }
 
-// y = PReLU(gLN(DWConv(x))); weight [C, k] or None (no filter), bias [C] or
-// None, prelu [1] or [C] or None.
+template <typename T>
+void conv_norm_impl(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                    const std::optional<at::Tensor>& bias, int64_t stride,
+                    int64_t pad, const at::Tensor& gn_weight,
+                    const at::Tensor& gn_bias, double eps,
+                    const std::optional<at::Tensor>& prelu, bool sigmoid_act,
+                    int64_t k, int64_t n, at::Tensor& out) {
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  T* yp = out.data_ptr<T>();
+  Normalised<T> norm = filter_and_normalise(
+      x.data_ptr<T>(), B, C, L,
+      weight.has_value() ? weight->data_ptr<T>() : nullptr, k,
+      bias.has_value() ? bias->data_ptr<T>() : nullptr, stride, pad, yp, n,
+      gn_weight.data_ptr<T>(), gn_bias.data_ptr<T>(), eps);
+  const Activation act = prelu.has_value()
+                             ? Activation::kPrelu
+                             : (sigmoid_act ? Activation::kSigmoid
+                                            : Activation::kNone);
+  apply_normalised(norm, C, act,
+                   prelu.has_value() ? prelu->data_ptr<T>() : nullptr,
+                   prelu.has_value() && prelu->numel() == C, yp, B * C);
+}
+
+// y = act(gLN(DWConv(x))); weight [C, k] or None (no filter), bias [C] or
+// None; act: PReLU with slopes prelu ([1] or [C]) if given, else sigmoid if
+// sigmoid_act, else none.
 at::Tensor conv_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                      const std::optional<at::Tensor>& bias, int64_t stride,
                      int64_t pad, const at::Tensor& gn_weight,
                      const at::Tensor& gn_bias, double eps,
-                     const std::optional<at::Tensor>& prelu) {
+                     const std::optional<at::Tensor>& prelu, bool sigmoid_act) {
   check_input(x, "x", 3);
-  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  const int64_t C = x.size(1), L = x.size(2);
   int64_t k = 0, n = L;
   check_vector(gn_weight, "gn_weight", C, x);
   check_vector(gn_bias, "gn_bias", C, x);
@@ -285,44 +365,70 @@ at::Tensor conv_norm(const at::Tensor& x, const std::optional<at::Tensor>& weigh
                 "bad stride/padding");
     n = output_length(L, k, stride, pad);
   }
-  at::Tensor out = at::empty({B, C, n}, x.options());
+  at::Tensor out = at::empty({x.size(0), C, n}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_norm", [&] {
     conv_norm_impl<scalar_t>(x, weight, bias, stride, pad, gn_weight, gn_bias,
-                             eps, prelu, k, n, out);
+                             eps, prelu, sigmoid_act, k, n, out);
   });
   return out;
+}
+
+// y[i R + t] = (src[i R + t] a + s) g[i] + e[i], t < R: the last pass of
+// the local attention, nearest up-sampling by R included. R is a template
+// argument for the factors S4M uses (1, 2, 4, 8), so that the compiler
+// vectorises the R-fold broadcast; other factors take the generic loop.
+template <typename T, int R>
+void gate_row_fixed(const T* src, T* y, int64_t Lg, T a, T s, const T* g,
+                    const T* e) {
+#pragma omp simd
+  for (int64_t i = 0; i < Lg; ++i) {
+    const T gi = g[i], ei = e[i];
+    for (int t = 0; t < R; ++t)
+      y[i * R + t] = (src[i * R + t] * a + s) * gi + ei;
+  }
+}
+
+template <typename T>
+void gate_row(const T* src, T* y, int64_t Lg, int64_t ratio, T a, T s,
+              const T* g, const T* e) {
+  switch (ratio) {
+    case 1: return gate_row_fixed<T, 1>(src, y, Lg, a, s, g, e);
+    case 2: return gate_row_fixed<T, 2>(src, y, Lg, a, s, g, e);
+    case 4: return gate_row_fixed<T, 4>(src, y, Lg, a, s, g, e);
+    case 8: return gate_row_fixed<T, 8>(src, y, Lg, a, s, g, e);
+    default:
+      for (int64_t i = 0; i < Lg; ++i)
+        for (int64_t t = 0; t < ratio; ++t)
+          y[i * ratio + t] = (src[i * ratio + t] * a + s) * g[i] + e[i];
+  }
 }
 
 template <typename T>
 void local_attention_impl(const at::Tensor& x_local, const at::Tensor& w_local,
                           const at::Tensor& nw_local, const at::Tensor& nb_local,
-                          at::Tensor& gate, const at::Tensor& shift, int64_t pad,
-                          double eps, at::Tensor& out) {
+                          const at::Tensor& gate, const at::Tensor& shift,
+                          int64_t pad, double eps, at::Tensor& out) {
   const int64_t B = x_local.size(0), C = x_local.size(1), L = x_local.size(2);
   const int64_t Lg = gate.size(2), k = w_local.size(1), ratio = L / Lg;
-  gate.sigmoid_();  // rho, eq. 9 (ATen's vectorised sigmoid)
   const T* gp = gate.data_ptr<T>();
   const T* sp = shift.data_ptr<T>();
-  const T* gw = nw_local.data_ptr<T>();
-  const T* gb = nb_local.data_ptr<T>();
   T* yp = out.data_ptr<T>();
-  std::vector<double> mean, rstd;
-  filter_and_moments(x_local.data_ptr<T>(), B, C, L, w_local.data_ptr<T>(), k,
-                     static_cast<const T*>(nullptr), 1, pad, yp, L, eps, &mean,
-                     &rstd);
+  Normalised<T> local = filter_and_normalise(
+      x_local.data_ptr<T>(), B, C, L, w_local.data_ptr<T>(), k,
+      static_cast<const T*>(nullptr), 1, pad, yp, L, nw_local.data_ptr<T>(),
+      nb_local.data_ptr<T>(), eps);
   at::parallel_for(0, B * C, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / C, c = r % C;
-      const T a = static_cast<T>(gw[c] * rstd[b]);
-      const T s = static_cast<T>(gb[c] - mean[b] * gw[c] * rstd[b]);
-      gate_row(yp + r * L, Lg, ratio, a, s, gp + r * Lg, sp + r * Lg);
+      gate_row(local.src + r * L, yp + r * L, Lg, ratio, local.scale[r],
+               local.shift[r], gp + r * Lg, sp + r * Lg);
     }
   });
 }
 
 // S4M's local attention (eq. 9-10) with an integer up-sampling factor
-// L / L_g: out = gLN_l(DWConv_l(x_l)) * sigmoid(g[l / r]) + e[l / r], where
-// g = gLN_a(DWConv_a(x_g)) and e = gLN_e(DWConv_e(x_g)) (no biases).
+// r = L / L_g: out = gLN_l(DWConv_l(x_l)) * g[l / r] + e[l / r], where
+// g = sigmoid(gLN_a(DWConv_a(x_g))) (rho) and e = gLN_e(DWConv_e(x_g))
+// (tau); no filter biases.
 at::Tensor local_attention(const at::Tensor& x_local, const at::Tensor& x_global,
                            const at::Tensor& w_local, const at::Tensor& nw_local,
                            const at::Tensor& nb_local, const at::Tensor& w_act,
@@ -335,9 +441,9 @@ at::Tensor local_attention(const at::Tensor& x_local, const at::Tensor& x_global
   const int64_t Lg = x_global.size(2);
   TORCH_CHECK(x_global.size(0) == B && x_global.size(1) == C,
               "x_local and x_global must share batch and channels");
-  TORCH_CHECK(Lg > 0 && L % Lg == 0, "L must be a multiple of L_g");
   TORCH_CHECK(x_global.scalar_type() == x_local.scalar_type(),
               "x_local and x_global must share a dtype");
+  TORCH_CHECK(Lg > 0 && L % Lg == 0, "L must be a multiple of L_g");
   check_input(w_local, "w_local", 2);
   TORCH_CHECK(w_local.size(0) == C && w_local.scalar_type() == x_local.scalar_type(),
               "w_local must be [C, k] of the input's dtype");
@@ -348,11 +454,10 @@ at::Tensor local_attention(const at::Tensor& x_local, const at::Tensor& x_global
                   output_length(Lg, k, 1, pad) == Lg,
               "local attention filters must keep the length");
   at::Tensor gate = conv_norm(x_global, w_act, std::nullopt, 1, pad, nw_act,
-                              nb_act, eps, std::nullopt);
+                              nb_act, eps, std::nullopt, true);
   at::Tensor shift = conv_norm(x_global, w_emb, std::nullopt, 1, pad, nw_emb,
-                               nb_emb, eps, std::nullopt);
+                               nb_emb, eps, std::nullopt, false);
   at::Tensor out = at::empty_like(x_local);
-  const int64_t ratio = L / Lg;
   AT_DISPATCH_FLOATING_TYPES(x_local.scalar_type(), "local_attention", [&] {
     local_attention_impl<scalar_t>(x_local, w_local, nw_local, nb_local, gate,
                                    shift, pad, eps, out);
@@ -360,6 +465,9 @@ at::Tensor local_attention(const at::Tensor& x_local, const at::Tensor& x_global
   return out;
 }
 
+// ---------------------------------------------------------------------------
+// LayerNorm over channels
+// ---------------------------------------------------------------------------
 template <typename T>
 void accumulate_moments(const T* row, int64_t m, double* s, double* q) {
 #pragma omp simd
@@ -398,7 +506,8 @@ void channel_layer_norm_impl(const at::Tensor& x, const at::Tensor& weight,
       std::fill(s.begin(), s.end(), 0.0);
       std::fill(q.begin(), q.end(), 0.0);
       const T* xb = xp + b * C * L + l0;
-      for (int64_t c = 0; c < C; ++c) accumulate_moments(xb + c * L, m, s.data(), q.data());
+      for (int64_t c = 0; c < C; ++c)
+        accumulate_moments(xb + c * L, m, s.data(), q.data());
       for (int64_t l = 0; l < m; ++l) {
         const double mu = s[l] / C;
         const double var = std::max(q[l] / C - mu * mu, 0.0);
@@ -407,7 +516,8 @@ void channel_layer_norm_impl(const at::Tensor& x, const at::Tensor& weight,
       }
       T* yb = yp + b * C * L + l0;
       for (int64_t c = 0; c < C; ++c)
-        normalise_row(xb + c * L, yb + c * L, m, mean.data(), rstd.data(), wp[c], bp[c]);
+        normalise_row(xb + c * L, yb + c * L, m, mean.data(), rstd.data(),
+                      wp[c], bp[c]);
     }
   });
 }
@@ -418,16 +528,18 @@ void channel_layer_norm_impl(const at::Tensor& x, const at::Tensor& weight,
 at::Tensor channel_layer_norm(const at::Tensor& x, const at::Tensor& weight,
                               const at::Tensor& bias, double eps) {
   check_input(x, "x", 3);
-  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
+  check_vector(weight, "weight", x.size(1), x);
+  check_vector(bias, "bias", x.size(1), x);
   at::Tensor out = at::empty_like(x);
-  constexpr int64_t kBlock = 256;  // frames per task: C rows of it in L2
-  const int64_t blocks = (L + kBlock - 1) / kBlock;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_layer_norm", [&] {
     channel_layer_norm_impl<scalar_t>(x, weight, bias, eps, out);
   });
   return out;
 }
 
+// ---------------------------------------------------------------------------
+// Pooling
+// ---------------------------------------------------------------------------
 // Mean of every window of R consecutive frames of each row: S4M's pooling
 // of every scale to the coarsest length (an exact factor here).
 template <typename T, int R>
@@ -462,7 +574,8 @@ void avg_pool_impl(const at::Tensor& x, int64_t n, at::Tensor& out) {
   const T* xp = x.data_ptr<T>();
   T* yp = out.data_ptr<T>();
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) pool_row(xp + r * L, yp + r * n, n, L / n);
+    for (int64_t r = begin; r < end; ++r)
+      pool_row(xp + r * L, yp + r * n, n, L / n);
   });
 }
 
@@ -477,14 +590,98 @@ at::Tensor avg_pool(const at::Tensor& x, int64_t n) {
   return out;
 }
 
+// ---------------------------------------------------------------------------
+// The S4 layer's pointwise tail
+// ---------------------------------------------------------------------------
+// Row loops whose output never aliases their inputs: restrict and no
+// inlining, so that GCC vectorises each once, whatever the call site.
+template <typename T>
+__attribute__((noinline)) void gelu_skip_row(const T* __restrict y,
+                                             const T* __restrict u, T d,
+                                             T* __restrict out, int64_t L) {
+#pragma omp simd
+  for (int64_t l = 0; l < L; ++l) out[l] = gelu(y[l] + d * u[l]);
+}
+
+template <typename T>
+void gelu_skip_impl(const at::Tensor& y, const at::Tensor& u,
+                    const at::Tensor& D, at::Tensor& out) {
+  const int64_t H = u.size(1), L = u.size(2), n = y.size(2);
+  const T* yp = y.data_ptr<T>();
+  const T* up = u.data_ptr<T>();
+  const T* dp = D.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, u.size(0) * H, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      gelu_skip_row(yp + r * n, up + r * L, dp[r % H], op + r * L, L);
+  });
+}
+
+// GELU(y[..., :L] + D u): y [B, H, n >= L] the convolution (an FFT
+// convolution's untrimmed output), u [B, H, L] the layer input, D [H].
+at::Tensor gelu_skip(const at::Tensor& y, const at::Tensor& u,
+                     const at::Tensor& D) {
+  check_input(y, "y", 3);
+  check_input(u, "u", 3);
+  TORCH_CHECK(y.size(0) == u.size(0) && y.size(1) == u.size(1) &&
+                  y.size(2) >= u.size(2) && y.scalar_type() == u.scalar_type(),
+              "y must be [B, H, n >= L] of u's dtype");
+  check_vector(D, "D", u.size(1), u);
+  at::Tensor out = at::empty_like(u);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "gelu_skip", [&] {
+    gelu_skip_impl<scalar_t>(y, u, D, out);
+  });
+  return out;
+}
+
+template <typename T>
+__attribute__((noinline)) void glu_residual_row(const T* __restrict a,
+                                                const T* __restrict b,
+                                                const T* __restrict x,
+                                                T* __restrict out, int64_t L) {
+#pragma omp simd
+  for (int64_t l = 0; l < L; ++l) out[l] = x[l] + a[l] * sigmoid(b[l]);
+}
+
+template <typename T>
+void glu_residual_impl(const at::Tensor& z, const at::Tensor& x,
+                       at::Tensor& out) {
+  const int64_t H = x.size(1), L = x.size(2);
+  const T* zp = z.data_ptr<T>();
+  const T* xp = x.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, x.size(0) * H, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* a = zp + ((r / H) * 2 * H + r % H) * L;
+      glu_residual_row(a, a + H * L, xp + r * L, op + r * L, L);
+    }
+  });
+}
+
+// x + GLU(z) over channels: z [B, 2H, L] = [a; b], x [B, H, L].
+at::Tensor glu_residual(const at::Tensor& z, const at::Tensor& x) {
+  check_input(z, "z", 3);
+  check_input(x, "x", 3);
+  TORCH_CHECK(z.size(0) == x.size(0) && z.size(1) == 2 * x.size(1) &&
+                  z.size(2) == x.size(2) && z.scalar_type() == x.scalar_type(),
+              "z must be [B, 2H, L] for x [B, H, L], of x's dtype");
+  at::Tensor out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "glu_residual", [&] {
+    glu_residual_impl<scalar_t>(z, x, out);
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Fused CPU inference kernels of S4M's conv/norm layers";
-  m.def("conv_norm", &conv_norm, "y = PReLU(gLN(DWConv(x)))");
+  m.doc() = "Fused CPU inference kernels of S4M's memory-bound layers";
+  m.def("conv_norm", &conv_norm, "y = act(gLN(DWConv(x)))");
   m.def("local_attention", &local_attention,
         "S4M local attention with integer up-sampling");
   m.def("channel_layer_norm", &channel_layer_norm,
         "LayerNorm over the channels of [B, C, L]");
   m.def("avg_pool", &avg_pool, "average pooling by an exact factor");
+  m.def("gelu_skip", &gelu_skip, "GELU(y[..., :L] + D u)");
+  m.def("glu_residual", &glu_residual, "x + GLU(z) over channels");
 }

@@ -279,9 +279,9 @@ class S4ResidualBlock(nn.Module):
         """Apply to ``x`` [B, H, L]; ``mask`` [B, 1, L] marks valid frames."""
         normed = channel_layer_norm(self.norm, x)
         if mask is None:
-            return x + self.layer(normed)
+            return self.layer(normed, residual=x)
         # zero the padding before the two-sided convolution can see it
-        return (x + self.layer(normed * mask)) * mask
+        return self.layer(normed * mask, residual=x) * mask
 
 
 class FeedForwardBlock(nn.Module):

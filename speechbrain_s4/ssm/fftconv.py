@@ -16,7 +16,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fft_conv", "fft_length", "kernel_spectrum", "spectral_conv"]
+__all__ = [
+    "fft_conv",
+    "fft_length",
+    "kernel_spectrum",
+    "spectral_conv",
+    "spectral_conv_full",
+]
 
 
 def fft_length(length: int) -> int:
@@ -105,15 +111,50 @@ def spectral_conv(
         [B, H, L]
     """
     length = u.shape[-1]
-    n = 2 * (k_f.shape[-1] - 1)
-    # FFTs of half-precision inputs are unsupported or inaccurate on CPU:
-    # convolve in (at least) float32 and return in the input's dtype
-    dtype = torch.promote_types(u.dtype, torch.float32)
-    u_f = torch.fft.rfft(u.to(dtype), n=n)  # [B, H, n/2 + 1]
-    y = torch.fft.irfft(u_f * k_f, n=n)[..., :length]  # [B, H, L]
+    y = spectral_conv_full(u, k_f)[..., :length]  # [B, H, L]
+    dtype = y.dtype
     if D is not None:  # one pass instead of a product and a sum
         y = torch.addcmul(y, D.unsqueeze(-1).to(dtype), u.to(dtype))
     return y.to(u.dtype)
+
+
+def spectral_conv_full(u: torch.Tensor, k_f: torch.Tensor) -> torch.Tensor:
+    """The circular convolution of size n behind ``spectral_conv``.
+
+    Its first L samples are the linear convolution (without D u); the rest
+    is the zero padding's share. Callers that fuse the trimming with what
+    follows (``cpu_kernels.gelu_skip``) take it whole.
+
+    Arguments
+    ---------
+    u : torch.Tensor
+        [B, H, L] input.
+    k_f : torch.Tensor
+        [H, n // 2 + 1] kernel spectrum for an FFT size n >= 2L (n even).
+
+    Returns
+    -------
+    torch.Tensor
+        [B, H, n] in (at least) float32.
+
+    Example
+    -------
+    >>> k_f = kernel_spectrum(torch.randn(2, 4, 10), fft_length(10))
+    >>> print(spectral_conv_full(torch.randn(3, 4, 10), k_f).shape)
+    torch.Size([3, 4, 20])
+    """
+    n = 2 * (k_f.shape[-1] - 1)
+    # FFTs of half-precision inputs are unsupported or inaccurate on CPU:
+    # convolve in (at least) float32
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    u_f = torch.fft.rfft(u.to(dtype), n=n)  # [B, H, n/2 + 1]
+    if torch.is_grad_enabled() and (u_f.requires_grad or k_f.requires_grad):
+        product = u_f * k_f  # autograd keeps u_f for k_f's gradient
+    else:
+        # in place: a fresh [B, H, n/2 + 1] complex tensor per call cost
+        # more than the product itself on CPU (page faults of new memory)
+        product = u_f.mul_(k_f)
+    return torch.fft.irfft(product, n=n)  # [B, H, n]
 
 
 def fft_conv(

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4 import cpu_kernels
 from speechbrain_s4.cpu_kernels import pointwise_conv1d
-from speechbrain_s4.ssm.fftconv import spectral_conv
+from speechbrain_s4.ssm.fftconv import spectral_conv, spectral_conv_full
 from speechbrain_s4.ssm.s4_kernel import (
     DIAGONAL_INITS,
     DISCRETISATIONS,
@@ -140,13 +141,18 @@ class S4(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output_linear = nn.Conv1d(d_model, 2 * d_model, kernel_size=1)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, u: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Apply the layer.
 
         Arguments
         ---------
         u : torch.Tensor
             [B, H, L] input, channels first.
+        residual : torch.Tensor, optional
+            [B, H, L] added to the output (a residual block's skip path;
+            on CPU inference the sum is fused with the GLU).
 
         Returns
         -------
@@ -161,10 +167,20 @@ class S4(nn.Module):
         # y = k * u + D u (fftconv.fft_conv), with the kernel's spectrum
         # reused across calls where possible
         k_f = self.kernel.spectrum(u.shape[-1])  # [H, n/2 + 1]
-        y = spectral_conv(u, k_f, self.D)  # [B, H, L]
-        y = self.dropout(F.gelu(y))  # [B, H, L]
+        fused = cpu_kernels.usable(u, self.D) and (
+            self.dropout.p == 0 or not self.dropout.training
+        )
+        if fused:  # trim, D skip and GELU in one pass
+            y = cpu_kernels.gelu_skip(spectral_conv_full(u, k_f), u, self.D)
+        else:
+            y = spectral_conv(u, k_f, self.D)  # [B, H, L]
+            y = self.dropout(F.gelu(y))  # [B, H, L]
         y = pointwise_conv1d(self.output_linear, y)  # [B, 2H, L]
-        return F.glu(y, dim=1)  # [B, H, L]
+        if residual is None:
+            return F.glu(y, dim=1)  # [B, H, L]
+        if fused and residual.dtype == y.dtype:
+            return cpu_kernels.glu_residual(y, residual)
+        return residual + F.glu(y, dim=1)
 
     # -- recurrent view -----------------------------------------------------
     def setup_step(self) -> None:
