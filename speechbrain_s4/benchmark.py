@@ -611,15 +611,45 @@ def _build(name, sample_rate, overrides, seed):
     return build(name, sample_rate=sample_rate, **dict(overrides or {}))
 
 
-def _forward_times(name, sample_rate, seconds, overrides, repeats, budget_s,
+def _forward_times(names, sample_rate, seconds, overrides, repeats, budget_s,
                    seed):
-    """(wall s, CPU s, runs) of an eval, no_grad forward of ``seconds``."""
-    model = _build(name, sample_rate, overrides, seed).eval()
+    """{name: (wall s, CPU s, runs)} of eval, no_grad forwards, interleaved.
+
+    The models take turns (one warm-up each, then rounds of one timed
+    forward per model), so that a machine whose speed drifts during the
+    run (other tenants, frequency scaling) slows every model alike and the
+    ratios stay fair; timing one model after the other turned such drift
+    into ratio errors of 10-20 % on the development VM. A model leaves the
+    rounds after ``repeats`` runs, or once one more run would take its CPU
+    time past ``budget_s`` (always at least one run).
+    """
     generator = torch.Generator().manual_seed(seed)
     mix = 0.1 * torch.randn(1, int(round(seconds * sample_rate)),
                             generator=generator)  # [1, T]
+    models = {
+        name: _build(name, sample_rate, overrides.get(name), seed).eval()
+        for name in names
+    }
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     with torch.no_grad():
-        return _timed_runs(lambda: model(mix), repeats, budget_s)
+        for model in models.values():
+            model(mix)  # warm-up: kernel caches, first-use compilation
+        active = list(names)
+        while active:
+            for name in list(active):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                models[name](mix)
+                cpu[name].append(time.process_time() - start_cpu)
+                wall[name].append(time.perf_counter() - start)
+                spent, typical = sum(cpu[name]), statistics.median(cpu[name])
+                if len(cpu[name]) >= repeats or spent + typical > budget_s:
+                    active.remove(name)
+    return {
+        name: (statistics.median(wall[name]), statistics.median(cpu[name]),
+               len(cpu[name]))
+        for name in names
+    }
 
 
 def _train_step_times(name, sample_rate, seconds, overrides, repeats,
@@ -746,7 +776,8 @@ def model_benchmark(
     weights: a trained model computes the same): parameters; MACs per
     second of audio at 8 kHz (``speechbrain_s4.macs.count_macs``); the
     forward time of ``seconds`` of audio at each rate of ``forward_rates``
-    (eval, ``no_grad``, batch 1, median after a warm-up; CPU time of the
+    (eval, ``no_grad``, batch 1; the models take turns, one warm-up each,
+    then rounds of one timed forward per model; median CPU time of the
     process and wall clock) and its ratio to Sepformer's (CPU times); the
     peak resident memory of a forward at 8 kHz, then the time and peak
     memory of a training step (forward + backward + Adam step, batch 1,
@@ -846,6 +877,11 @@ def model_benchmark(
     logger.info("matmul: %.1f GFLOP/s per CPU-second", gemm["cpu_gflops"])
     rows = []
     with _num_threads(threads):
+        forward = {
+            rate: _forward_times(models, rate, seconds, overrides, repeats,
+                                 budget_s, seed)
+            for rate in forward_rates
+        }
         for name in models:
             extra = overrides.get(name)
             model = _build(name, 8000, extra, seed)
@@ -858,9 +894,7 @@ def model_benchmark(
             del model
             for rate in forward_rates:
                 key = f"fwd{rate // 1000}k"
-                wall, cpu, runs = _forward_times(
-                    name, rate, seconds, extra, repeats, budget_s, seed
-                )
+                wall, cpu, runs = forward[rate][name]
                 row.update({f"{key}_cpu_s": cpu, f"{key}_wall_s": wall,
                             f"{key}_runs": runs})
             row.update(peak_rss_mb=None, built_rss_mb=None,
@@ -995,7 +1029,9 @@ def _footnotes(report):
         "at the start (other processes slow the wall clock more than the "
         "CPU time).",
         f"Forward: {settings['seconds']:g} s of audio, batch 1, eval, "
-        "no_grad; median after one warm-up of the process CPU time "
+        "no_grad; the models take turns (one warm-up each, then rounds of "
+        "one timed forward per model, so that drift of the machine's speed "
+        "hits all alike); median of the process CPU time "
         "(time.process_time, summed over threads) / wall clock; "
         "'x Sepformer' is the ratio of CPU times to Sepformer's in this run. "
         f"Timed runs ({kinds}; at most {settings['repeats']}, fewer once "
