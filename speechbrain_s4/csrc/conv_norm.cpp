@@ -17,9 +17,12 @@
 //
 // gLN layers filter one (batch, channel) row at a time (the row stays in the
 // L1 cache while the k taps are added) and accumulate the row's sum and sum
-// of squares in double precision (pass 1), then apply the per-item
-// normalisation and the activation (pass 2). A one-tap filter (or none)
-// is folded into pass 2's affine map instead of being written out. gLN
+// of squares in double precision (pass 1), then filter the row again and
+// apply the per-item normalisation and the activation (pass 2): recomputing
+// k multiply-adds per value is cheaper than writing the filter output and
+// reading it back. A one-tap filter (or none) is folded into pass 2's
+// affine map. The local attention computes its three filters this way and
+// combines their rows in pass 2, so only its output is written. gLN
 // statistics are the biased mean and variance over channels and time of
 // each item, as torch.nn.functional.group_norm(x, 1, ...) computes them.
 //
@@ -197,46 +200,67 @@ int64_t output_length(int64_t L, int64_t k, int64_t stride, int64_t pad) {
 // ---------------------------------------------------------------------------
 // gLN layers
 // ---------------------------------------------------------------------------
-// A gLN layer's input x [B, C, L], its optional depthwise filter and its
-// normalisation, as pass 2 needs them: per row r, the normalised filter
-// output is src_r[l] * scale[r] + shift[r], where src is the filter output
-// (written to `out` by pass 1) or, for a one-tap filter or none, x itself.
+// One depthwise filter over the rows of x [B, C, L] (or none: the identity),
+// giving rows of n frames. A one-tap filter (or none) is "pointwise": its
+// output w_c x + b_c is never formed, pass 2 folds it into its affine map.
 template <typename T>
-struct Normalised {
-  const T* src = nullptr;
-  int64_t n = 0;  // frames per row
+struct Filter {
+  const T* x;
+  int64_t B, C, L;
+  const T* w;  // [C, k] or nullptr
+  int64_t k;
+  const T* bias;  // [C] or nullptr
+  int64_t stride, pad, n;
+
+  bool pointwise() const {
+    return w == nullptr || (k == 1 && stride == 1 && pad == 0);
+  }
+
+  // the filter output of row r into y (n values), scratch >= L + 1 values
+  void run(int64_t r, T* y, T* scratch) const {
+    const int64_t c = r % C;
+    conv_row(x + r * L, L, w + c * k, k, stride, pad, bias ? bias[c] : T(0),
+             y, n, scratch);
+  }
+};
+
+template <typename T>
+Filter<T> make_filter(const T* x, int64_t B, int64_t C, int64_t L, const T* w,
+                      int64_t k, const T* bias, int64_t stride, int64_t pad) {
+  const int64_t n = w == nullptr ? L : output_length(L, k, stride, pad);
+  return Filter<T>{x, B, C, L, w, k, bias, stride, pad, n};
+}
+
+// What pass 2 applies to a gLN layer: per row r, the normalised filter
+// output is src_r[l] * scale[r] + shift[r], src being the filter output or,
+// for a pointwise filter, x itself (the filter folded into scale and shift).
+template <typename T>
+struct Normalisation {
   std::vector<T> scale, shift;
 };
 
-// Pass 1 of a gLN layer: filter (k > 1 or stride > 1) every row of x into
-// out [B, C, n], accumulate the rows' moments, and return the affine map of
-// each row that pass 2 applies. w [C, k] or nullptr (no filter).
+// Pass 1 of a gLN layer: the rows' moments, then each row's affine map.
+// Filter outputs are formed row by row in a scratch row and not kept: pass
+// 2 filters again, which costs a few multiply-adds per value where writing
+// the output and reading it back would cost a round trip to memory.
 template <typename T>
-Normalised<T> filter_and_normalise(const T* x, int64_t B, int64_t C,
-                                   int64_t L, const T* w, int64_t k,
-                                   const T* bias, int64_t stride, int64_t pad,
-                                   T* out, int64_t n, const T* gn_weight,
-                                   const T* gn_bias, double eps) {
-  // one tap (or none): y = w_c x + b_c is folded into pass 2
-  const bool pointwise = w == nullptr || (k == 1 && stride == 1 && pad == 0);
+Normalisation<T> normalisation(const Filter<T>& f, const T* gn_weight,
+                               const T* gn_bias, double eps) {
+  const int64_t B = f.B, C = f.C, n = f.n;
   std::vector<double> sum(B * C), sq(B * C);
   at::parallel_for(0, B * C, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(stride == 2 && !pointwise ? L + 1 : 0);
+    std::vector<T> row(f.pointwise() ? 0 : n), scratch(f.L + 1);
     for (int64_t r = begin; r < end; ++r) {
-      if (pointwise) {
-        row_moments(x + r * L, L, &sum[r], &sq[r]);
-        continue;
+      if (f.pointwise()) {
+        row_moments(f.x + r * f.L, f.L, &sum[r], &sq[r]);
+      } else {
+        f.run(r, row.data(), scratch.data());
+        row_moments(row.data(), n, &sum[r], &sq[r]);
       }
-      const int64_t c = r % C;
-      T* yr = out + r * n;
-      conv_row(x + r * L, L, w + c * k, k, stride, pad,
-               bias ? bias[c] : T(0), yr, n, scratch.data());
-      row_moments(yr, n, &sum[r], &sq[r]);
     }
   });
-  Normalised<T> result;
-  result.src = pointwise ? x : out;
-  result.n = n;
+  const bool folded = f.pointwise() && f.w != nullptr;
+  Normalisation<T> result;
   result.scale.resize(B * C);
   result.shift.resize(B * C);
   const double count = static_cast<double>(C) * static_cast<double>(n);
@@ -245,8 +269,8 @@ Normalised<T> filter_and_normalise(const T* x, int64_t B, int64_t C,
     double s = 0.0, q = 0.0;
     for (int64_t c = 0; c < C; ++c) {
       const int64_t r = b * C + c;
-      if (pointwise && w != nullptr) {
-        const double wc = w[c], bc = bias ? bias[c] : 0.0;
+      if (folded) {
+        const double wc = f.w[c], bc = f.bias ? f.bias[c] : 0.0;
         s += wc * sum[r] + n * bc;
         q += wc * wc * sq[r] + 2.0 * wc * bc * sum[r] + n * bc * bc;
       } else {
@@ -261,15 +285,24 @@ Normalised<T> filter_and_normalise(const T* x, int64_t B, int64_t C,
       const int64_t r = b * C + c;
       const double a = gn_weight[c] * rstd;
       double scale = a, shift = gn_bias[c] - mean * a;
-      if (pointwise && w != nullptr) {  // (w x + b) a + s0
-        shift += (bias ? bias[c] : 0.0) * a;
-        scale *= w[c];
+      if (folded) {  // (w x + b) a + shift0
+        shift += (f.bias ? f.bias[c] : 0.0) * a;
+        scale *= f.w[c];
       }
       result.scale[r] = static_cast<T>(scale);
       result.shift[r] = static_cast<T>(shift);
     }
   }
   return result;
+}
+
+// The source row of pass 2: x's row for a pointwise filter, else the
+// filter output recomputed into `row`.
+template <typename T>
+const T* source_row(const Filter<T>& f, int64_t r, T* row, T* scratch) {
+  if (f.pointwise()) return f.x + r * f.L;
+  f.run(r, row, scratch);
+  return row;
 }
 
 enum class Activation { kNone, kPrelu, kSigmoid };
@@ -295,49 +328,35 @@ void affine_sigmoid_row(const T* src, T* y, int64_t n, T a, T s) {
   for (int64_t l = 0; l < n; ++l) y[l] = sigmoid(src[l] * a + s);
 }
 
-// Pass 2 of conv_norm: out = act(src * scale + shift), row by row.
+// act(src * a + s) into y (src may be y)
 template <typename T>
-void apply_normalised(const Normalised<T>& norm, int64_t C, Activation act,
-                      const T* slope, bool per_channel_slope, T* out,
-                      int64_t rows) {
-  const int64_t n = norm.n;
-  at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* src = norm.src + r * n;
-      const T a = norm.scale[r], s = norm.shift[r];
-      T* yr = out + r * n;
-      if (act == Activation::kPrelu) {
-        affine_prelu_row(src, yr, n, a, s, slope[per_channel_slope ? r % C : 0]);
-      } else if (act == Activation::kSigmoid) {
-        affine_sigmoid_row(src, yr, n, a, s);
-      } else {
-        affine_row(src, yr, n, a, s);
-      }
-    }
-  });
+void activate_row(const T* src, T* y, int64_t n, T a, T s, Activation act,
+                  T slope) {
+  if (act == Activation::kPrelu) {
+    affine_prelu_row(src, y, n, a, s, slope);
+  } else if (act == Activation::kSigmoid) {
+    affine_sigmoid_row(src, y, n, a, s);
+  } else {
+    affine_row(src, y, n, a, s);
+  }
 }
 
+// y = act(gLN(filter(x))) into out [B, C, n], in two passes over x.
 template <typename T>
-void conv_norm_impl(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                    const std::optional<at::Tensor>& bias, int64_t stride,
-                    int64_t pad, const at::Tensor& gn_weight,
-                    const at::Tensor& gn_bias, double eps,
-                    const std::optional<at::Tensor>& prelu, bool sigmoid_act,
-                    int64_t k, int64_t n, at::Tensor& out) {
-  const int64_t B = x.size(0), C = x.size(1), L = x.size(2);
-  T* yp = out.data_ptr<T>();
-  Normalised<T> norm = filter_and_normalise(
-      x.data_ptr<T>(), B, C, L,
-      weight.has_value() ? weight->data_ptr<T>() : nullptr, k,
-      bias.has_value() ? bias->data_ptr<T>() : nullptr, stride, pad, yp, n,
-      gn_weight.data_ptr<T>(), gn_bias.data_ptr<T>(), eps);
-  const Activation act = prelu.has_value()
-                             ? Activation::kPrelu
-                             : (sigmoid_act ? Activation::kSigmoid
-                                            : Activation::kNone);
-  apply_normalised(norm, C, act,
-                   prelu.has_value() ? prelu->data_ptr<T>() : nullptr,
-                   prelu.has_value() && prelu->numel() == C, yp, B * C);
+void filter_norm_act(const Filter<T>& f, const T* gn_weight, const T* gn_bias,
+                     double eps, Activation act, const T* slope,
+                     bool per_channel_slope, T* out) {
+  const Normalisation<T> norm = normalisation(f, gn_weight, gn_bias, eps);
+  const int64_t C = f.C, n = f.n;
+  at::parallel_for(0, f.B * C, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(f.L + 1);
+    for (int64_t r = begin; r < end; ++r) {
+      T* yr = out + r * n;
+      const T* src = source_row(f, r, yr, scratch.data());
+      const T p = slope ? slope[per_channel_slope ? r % C : 0] : T(0);
+      activate_row(src, yr, n, norm.scale[r], norm.shift[r], act, p);
+    }
+  });
 }
 
 // y = act(gLN(DWConv(x))); weight [C, k] or None (no filter), bias [C] or
@@ -350,7 +369,7 @@ at::Tensor conv_norm(const at::Tensor& x, const std::optional<at::Tensor>& weigh
                      const std::optional<at::Tensor>& prelu, bool sigmoid_act) {
   check_input(x, "x", 3);
   const int64_t C = x.size(1), L = x.size(2);
-  int64_t k = 0, n = L;
+  int64_t k = 0;
   check_vector(gn_weight, "gn_weight", C, x);
   check_vector(gn_bias, "gn_bias", C, x);
   if (bias.has_value()) check_vector(*bias, "bias", C, x);
@@ -363,64 +382,77 @@ at::Tensor conv_norm(const at::Tensor& x, const std::optional<at::Tensor>& weigh
     k = weight->size(1);
     TORCH_CHECK(stride >= 1 && pad >= 0 && L + 2 * pad >= k,
                 "bad stride/padding");
-    n = output_length(L, k, stride, pad);
   }
+  const int64_t n = weight.has_value() ? output_length(L, k, stride, pad) : L;
   at::Tensor out = at::empty({x.size(0), C, n}, x.options());
+  const Activation act = prelu.has_value()
+                             ? Activation::kPrelu
+                             : (sigmoid_act ? Activation::kSigmoid
+                                            : Activation::kNone);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_norm", [&] {
-    conv_norm_impl<scalar_t>(x, weight, bias, stride, pad, gn_weight, gn_bias,
-                             eps, prelu, sigmoid_act, k, n, out);
+    using T = scalar_t;
+    const Filter<T> f = make_filter<T>(
+        x.data_ptr<T>(), x.size(0), C, L,
+        weight.has_value() ? weight->data_ptr<T>() : nullptr, k,
+        bias.has_value() ? bias->data_ptr<T>() : nullptr, stride, pad);
+    filter_norm_act(f, gn_weight.data_ptr<T>(), gn_bias.data_ptr<T>(), eps,
+                    act, prelu.has_value() ? prelu->data_ptr<T>() : nullptr,
+                    prelu.has_value() && prelu->numel() == C,
+                    out.data_ptr<T>());
   });
   return out;
 }
 
-// y[i R + t] = (src[i R + t] a + s) g[i] + e[i], t < R: the last pass of
-// the local attention, nearest up-sampling by R included. R is a template
-// argument for the factors S4M uses (1, 2, 4, 8), so that the compiler
-// vectorises the R-fold broadcast; other factors take the generic loop.
+// y[i R + t] = y[i R + t] g[i] + e[i], t < R: the last step of the local
+// attention, nearest up-sampling by R included. R is a template argument
+// for the factors S4M uses (1, 2, 4, 8), so that the compiler vectorises
+// the R-fold broadcast; other factors take the generic loop.
 template <typename T, int R>
-void gate_row_fixed(const T* src, T* y, int64_t Lg, T a, T s, const T* g,
-                    const T* e) {
+void gate_row_fixed(T* y, int64_t Lg, const T* g, const T* e) {
 #pragma omp simd
   for (int64_t i = 0; i < Lg; ++i) {
     const T gi = g[i], ei = e[i];
-    for (int t = 0; t < R; ++t)
-      y[i * R + t] = (src[i * R + t] * a + s) * gi + ei;
+    for (int t = 0; t < R; ++t) y[i * R + t] = y[i * R + t] * gi + ei;
   }
 }
 
 template <typename T>
-void gate_row(const T* src, T* y, int64_t Lg, int64_t ratio, T a, T s,
-              const T* g, const T* e) {
+void gate_row(T* y, int64_t Lg, int64_t ratio, const T* g, const T* e) {
   switch (ratio) {
-    case 1: return gate_row_fixed<T, 1>(src, y, Lg, a, s, g, e);
-    case 2: return gate_row_fixed<T, 2>(src, y, Lg, a, s, g, e);
-    case 4: return gate_row_fixed<T, 4>(src, y, Lg, a, s, g, e);
-    case 8: return gate_row_fixed<T, 8>(src, y, Lg, a, s, g, e);
+    case 1: return gate_row_fixed<T, 1>(y, Lg, g, e);
+    case 2: return gate_row_fixed<T, 2>(y, Lg, g, e);
+    case 4: return gate_row_fixed<T, 4>(y, Lg, g, e);
+    case 8: return gate_row_fixed<T, 8>(y, Lg, g, e);
     default:
       for (int64_t i = 0; i < Lg; ++i)
         for (int64_t t = 0; t < ratio; ++t)
-          y[i * ratio + t] = (src[i * ratio + t] * a + s) * g[i] + e[i];
+          y[i * ratio + t] = y[i * ratio + t] * g[i] + e[i];
   }
 }
 
+// The local attention in two passes: pass 1 takes the statistics of the
+// three filters (local, gate, shift), pass 2 recomputes each output row of
+// all three in cache-resident rows and combines them. Neither the local
+// term nor the global ones are ever written out.
 template <typename T>
-void local_attention_impl(const at::Tensor& x_local, const at::Tensor& w_local,
-                          const at::Tensor& nw_local, const at::Tensor& nb_local,
-                          const at::Tensor& gate, const at::Tensor& shift,
-                          int64_t pad, double eps, at::Tensor& out) {
-  const int64_t B = x_local.size(0), C = x_local.size(1), L = x_local.size(2);
-  const int64_t Lg = gate.size(2), k = w_local.size(1), ratio = L / Lg;
-  const T* gp = gate.data_ptr<T>();
-  const T* sp = shift.data_ptr<T>();
-  T* yp = out.data_ptr<T>();
-  Normalised<T> local = filter_and_normalise(
-      x_local.data_ptr<T>(), B, C, L, w_local.data_ptr<T>(), k,
-      static_cast<const T*>(nullptr), 1, pad, yp, L, nw_local.data_ptr<T>(),
-      nb_local.data_ptr<T>(), eps);
-  at::parallel_for(0, B * C, kGrain, [&](int64_t begin, int64_t end) {
+void local_attention_impl(const Filter<T>& local, const Filter<T>& act,
+                          const Filter<T>& emb, const T* const norms[6],
+                          double eps, T* out) {
+  const Normalisation<T> nl = normalisation(local, norms[0], norms[1], eps);
+  const Normalisation<T> na = normalisation(act, norms[2], norms[3], eps);
+  const Normalisation<T> ne = normalisation(emb, norms[4], norms[5], eps);
+  const int64_t L = local.n, Lg = act.n, ratio = L / Lg;
+  at::parallel_for(0, local.B * local.C, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<T> gate(Lg), shift(Lg), scratch(std::max(local.L, act.L) + 1);
     for (int64_t r = begin; r < end; ++r) {
-      gate_row(local.src + r * L, yp + r * L, Lg, ratio, local.scale[r],
-               local.shift[r], gp + r * Lg, sp + r * Lg);
+      T* yr = out + r * L;
+      const T* src = source_row(local, r, yr, scratch.data());
+      affine_row(src, yr, L, nl.scale[r], nl.shift[r]);
+      src = source_row(act, r, gate.data(), scratch.data());
+      affine_sigmoid_row(src, gate.data(), Lg, na.scale[r], na.shift[r]);
+      src = source_row(emb, r, shift.data(), scratch.data());
+      affine_row(src, shift.data(), Lg, ne.scale[r], ne.shift[r]);
+      gate_row(yr, Lg, ratio, gate.data(), shift.data());
     }
   });
 }
@@ -428,7 +460,7 @@ void local_attention_impl(const at::Tensor& x_local, const at::Tensor& w_local,
 // S4M's local attention (eq. 9-10) with an integer up-sampling factor
 // r = L / L_g: out = gLN_l(DWConv_l(x_l)) * g[l / r] + e[l / r], where
 // g = sigmoid(gLN_a(DWConv_a(x_g))) (rho) and e = gLN_e(DWConv_e(x_g))
-// (tau); no filter biases.
+// (tau); no filter biases; the filters keep the length.
 at::Tensor local_attention(const at::Tensor& x_local, const at::Tensor& x_global,
                            const at::Tensor& w_local, const at::Tensor& nw_local,
                            const at::Tensor& nb_local, const at::Tensor& w_act,
@@ -444,23 +476,33 @@ at::Tensor local_attention(const at::Tensor& x_local, const at::Tensor& x_global
   TORCH_CHECK(x_global.scalar_type() == x_local.scalar_type(),
               "x_local and x_global must share a dtype");
   TORCH_CHECK(Lg > 0 && L % Lg == 0, "L must be a multiple of L_g");
-  check_input(w_local, "w_local", 2);
-  TORCH_CHECK(w_local.size(0) == C && w_local.scalar_type() == x_local.scalar_type(),
-              "w_local must be [C, k] of the input's dtype");
-  check_vector(nw_local, "nw_local", C, x_local);
-  check_vector(nb_local, "nb_local", C, x_local);
+  const at::Tensor* filters[3] = {&w_local, &w_act, &w_emb};
+  for (const at::Tensor* w : filters) {
+    check_input(*w, "filter", 2);
+    TORCH_CHECK(w->size(0) == C && w->size(1) == w_local.size(1) &&
+                    w->scalar_type() == x_local.scalar_type(),
+                "the three filters must be [C, k] of the input's dtype");
+  }
+  const at::Tensor* norm_params[6] = {&nw_local, &nb_local, &nw_act,
+                                      &nb_act,   &nw_emb,   &nb_emb};
+  for (const at::Tensor* t : norm_params) check_vector(*t, "gLN parameter", C, x_local);
   const int64_t k = w_local.size(1);
   TORCH_CHECK(output_length(L, k, 1, pad) == L &&
                   output_length(Lg, k, 1, pad) == Lg,
               "local attention filters must keep the length");
-  at::Tensor gate = conv_norm(x_global, w_act, std::nullopt, 1, pad, nw_act,
-                              nb_act, eps, std::nullopt, true);
-  at::Tensor shift = conv_norm(x_global, w_emb, std::nullopt, 1, pad, nw_emb,
-                               nb_emb, eps, std::nullopt, false);
   at::Tensor out = at::empty_like(x_local);
   AT_DISPATCH_FLOATING_TYPES(x_local.scalar_type(), "local_attention", [&] {
-    local_attention_impl<scalar_t>(x_local, w_local, nw_local, nb_local, gate,
-                                   shift, pad, eps, out);
+    using T = scalar_t;
+    const T* xg = x_global.data_ptr<T>();
+    const Filter<T> local = make_filter<T>(
+        x_local.data_ptr<T>(), B, C, L, w_local.data_ptr<T>(), k, nullptr, 1, pad);
+    const Filter<T> act =
+        make_filter<T>(xg, B, C, Lg, w_act.data_ptr<T>(), k, nullptr, 1, pad);
+    const Filter<T> emb =
+        make_filter<T>(xg, B, C, Lg, w_emb.data_ptr<T>(), k, nullptr, 1, pad);
+    const T* norms[6];
+    for (int i = 0; i < 6; ++i) norms[i] = norm_params[i]->data_ptr<T>();
+    local_attention_impl(local, act, emb, norms, eps, out.data_ptr<T>());
   });
   return out;
 }
