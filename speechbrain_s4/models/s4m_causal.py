@@ -77,6 +77,9 @@ import torch.nn.functional as F
 from speechbrain.utils.logger import get_logger
 from torch import nn
 
+from speechbrain_s4 import cpu_kernels
+from speechbrain_s4.cpu_kernels import pointwise_conv1d
+from speechbrain_s4.layers import channel_layer_norm
 from speechbrain_s4.models.arguments import records_arguments
 from speechbrain_s4.models.s4m import FeedForwardBlock, encoder_geometry
 from speechbrain_s4.ssm import S4, shared_kernels
@@ -305,6 +308,10 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise every frame of ``x`` [B, C, L]."""
+        if cpu_kernels.usable(x, self.weight):  # channels first, one kernel
+            return cpu_kernels.channel_layer_norm(
+                x, self.weight, self.bias, self.eps
+            )
         normed = F.layer_norm(
             x.transpose(1, 2), x.shape[1:2], self.weight, self.bias, self.eps
         )  # [B, L, C]
@@ -504,9 +511,9 @@ class CausalS4Block(nn.Module):
         state ``ssm`` (created at zero) and is updated in place; the layer
         needs ``setup_step()`` first (``CausalS4M.stream`` calls it).
         """
-        normed = self.norm(x.transpose(1, 2)).transpose(1, 2)  # [B, H, n]
+        normed = channel_layer_norm(self.norm, x)  # [B, H, n]
         if state is None:
-            return x + self.layer(normed)
+            return self.layer(normed, residual=x)
         if x.shape[-1] == 0:
             return x
         layer = self.layer
@@ -524,7 +531,8 @@ class CausalS4Block(nn.Module):
         state["ssm"] = ssm
         y = torch.stack(outputs, dim=-1) + layer.D.unsqueeze(-1) * normed
         y = layer.dropout(F.gelu(y))  # [B, H, n]
-        return x + F.glu(layer.output_linear(y), dim=1)  # [B, H, n]
+        y = pointwise_conv1d(layer.output_linear, y)  # [B, 2H, n]
+        return x + F.glu(y, dim=1)  # [B, H, n]
 
 
 class CausalMultiScaleS4Block(nn.Module):
@@ -609,7 +617,9 @@ class CausalMultiScaleS4Block(nn.Module):
         streaming.
         """
         H = self.hidden_channels
-        projected = self.proj_act(self.proj_norm(self.proj(x)))  # [B, H, n]
+        projected = self.proj_act(
+            self.proj_norm(pointwise_conv1d(self.proj, x))
+        )  # [B, H, n]
         # Bottom-up: F_0 .. F_{depth-1}, ceil(n / 2^i) frames each
         scales = [self.downsample[0](projected, _child(state, "downsample.0"))]
         for i in range(1, self.depth):
@@ -642,7 +652,7 @@ class CausalMultiScaleS4Block(nn.Module):
                 coarse = self.decoder_s4[i](
                     coarse, _child(state, f"decoder_s4.{i}")
                 )
-        return self.res_conv(coarse) + x  # [B, C, n]
+        return pointwise_conv1d(self.res_conv, coarse) + x  # [B, C, n]
 
 
 class CausalS4MEncoder(nn.Module):
@@ -841,7 +851,7 @@ class CausalS4MMaskNet(nn.Module):
         pass of the shared block keeps its own entry).
         """
         B, N, n = features.shape
-        x0 = self.bottleneck(self.norm(features))  # [B, C, n]
+        x0 = pointwise_conv1d(self.bottleneck, self.norm(features))  # [B, C, n]
         scale, act = self.unroll  # 1-tap depthwise conv: a product is faster
         gain, bias = scale.weight[:, 0], scale.bias.unsqueeze(-1)  # [C, 1]
         # the passes share weights, hence S4 kernels: compute each once
@@ -851,7 +861,8 @@ class CausalS4MMaskNet(nn.Module):
                 x = self.block(
                     act((x0 + x) * gain + bias), _child(state, f"pass.{p}")
                 )
-        masks = F.relu(self.mask(x).view(B, self.num_spks, N, n))
+        act, conv = self.mask
+        masks = F.relu(pointwise_conv1d(conv, act(x)).view(B, self.num_spks, N, n))
         return masks.transpose(0, 1)  # [S, B, N, n]
 
 
