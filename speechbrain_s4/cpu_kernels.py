@@ -44,17 +44,18 @@ import torch
 
 from speechbrain_s4.extensions import CppExtension
 
-__all__ = [
-    "usable",
-    "enabled",
+#: the wrappers of the C++ kernels (each checks nothing: callers ask
+#: ``usable`` first)
+KERNELS = (
     "conv_norm",
     "local_attention",
     "channel_layer_norm",
     "avg_pool",
     "gelu_skip",
     "glu_residual",
-    "pointwise_conv1d",
-]
+)
+
+__all__ = ["usable", "enabled", *KERNELS, "pointwise_conv1d"]
 
 logger = logging.getLogger(__name__)
 

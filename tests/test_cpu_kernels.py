@@ -56,14 +56,7 @@ def assert_same_function(fused, reference, dtype):
     assert err <= TOLERANCE[dtype] * peak, f"max error {err:.3g}, peak {peak:.3g}"
 
 
-KERNELS = (
-    "conv_norm",
-    "local_attention",
-    "channel_layer_norm",
-    "avg_pool",
-    "gelu_skip",
-    "glu_residual",
-)
+KERNELS = cpu_kernels.KERNELS
 
 
 def both_paths(fn, fused_calls=True):
