@@ -584,6 +584,15 @@ def read_si_snr_improvement(path: str | os.PathLike) -> float:
     )
 
 
+def _enough_runs(cpu, repeats, budget_s):
+    """Whether timing stops after the CPU times ``cpu`` (seconds): at
+    ``repeats`` runs, or once one more run would take the CPU time spent
+    past ``budget_s`` (never before the first run)."""
+    if not cpu:
+        return False
+    return len(cpu) >= repeats or sum(cpu) + statistics.median(cpu) > budget_s
+
+
 def _timed_runs(fn, repeats, budget_s, warmup=None):
     """Median (wall, CPU) seconds of fn() and the number of timed runs.
 
@@ -594,9 +603,7 @@ def _timed_runs(fn, repeats, budget_s, warmup=None):
     """
     (warmup or fn)()
     wall, cpu = [], []
-    while len(cpu) < repeats:
-        if cpu and sum(cpu) + statistics.median(cpu) > budget_s:
-            break
+    while not _enough_runs(cpu, repeats, budget_s):
         start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         cpu.append(time.process_time() - start_cpu)
@@ -642,8 +649,7 @@ def _forward_times(names, sample_rate, seconds, overrides, repeats, budget_s,
                 models[name](mix)
                 cpu[name].append(time.process_time() - start_cpu)
                 wall[name].append(time.perf_counter() - start)
-                spent, typical = sum(cpu[name]), statistics.median(cpu[name])
-                if len(cpu[name]) >= repeats or spent + typical > budget_s:
+                if _enough_runs(cpu[name], repeats, budget_s):
                     active.remove(name)
     return {
         name: (statistics.median(wall[name]), statistics.median(cpu[name]),

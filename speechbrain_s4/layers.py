@@ -149,16 +149,18 @@ def global_norm_prelu(norm: GlobalLayerNorm, act: nn.PReLU, x, mask=None):
     return act(norm(x, mask))
 
 
-def channel_layer_norm(norm: nn.LayerNorm, x):
-    """``norm`` (a LayerNorm over C) at every frame of ``x`` [B, C, L].
+def channel_layer_norm(norm: nn.Module, x):
+    """A LayerNorm over C (``norm``) at every frame of ``x`` [B, C, L].
 
     PyTorch's LayerNorm wants channels last; the C++ kernel of CPU
     inference reads channels-first tensors as they are.
 
     Arguments
     ---------
-    norm : nn.LayerNorm
-        Normalised shape (C,), with an affine transform.
+    norm : nn.Module
+        Its ``weight`` and ``bias`` ([C] or None) and ``eps``: an
+        ``nn.LayerNorm`` over (C,) or the causal model's
+        ``ChannelLayerNorm``.
     x : torch.Tensor
         [B, C, L].
 
@@ -172,9 +174,11 @@ def channel_layer_norm(norm: nn.LayerNorm, x):
     >>> channel_layer_norm(nn.LayerNorm(4), torch.randn(2, 4, 10)).shape
     torch.Size([2, 4, 10])
     """
-    if norm.weight is not None and cpu_kernels.usable(x, norm.weight):
-        return cpu_kernels.channel_layer_norm(x, norm.weight, norm.bias, norm.eps)
-    return norm(x.transpose(1, 2)).transpose(1, 2)
+    weight, bias = norm.weight, norm.bias
+    if weight is not None and bias is not None and cpu_kernels.usable(x, weight):
+        return cpu_kernels.channel_layer_norm(x, weight, bias, norm.eps)
+    normed = F.layer_norm(x.transpose(1, 2), x.shape[1:2], weight, bias, norm.eps)
+    return normed.transpose(1, 2)  # [B, C, L]
 
 
 class DepthwiseConvNorm(nn.Module):

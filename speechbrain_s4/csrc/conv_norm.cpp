@@ -113,6 +113,17 @@ inline double gelu(double v) {
 // ---------------------------------------------------------------------------
 // Rows
 // ---------------------------------------------------------------------------
+// y[l] += w src[l + off] for the l < n where src[l + off] exists (src has
+// `count` values): one tap of a filter, unit stride.
+template <typename T>
+void add_tap(T* y, int64_t n, const T* src, int64_t count, int64_t off, T w) {
+  const int64_t lo = std::max<int64_t>(0, -off);
+  const int64_t hi = std::min<int64_t>(n, count - off);
+  const T* xs = src + off;
+#pragma omp simd
+  for (int64_t l = lo; l < hi; ++l) y[l] += w * xs[l];
+}
+
 // y[l] = bias + sum_j w[j] x[stride l + j - pad], l < n, x zero outside
 // [0, L). Stride 2 first splits x into its even and odd samples (scratch,
 // L + 1 values) so that every tap is a unit-stride multiply-add.
@@ -121,15 +132,7 @@ void conv_row(const T* x, int64_t L, const T* w, int64_t k, int64_t stride,
               int64_t pad, T bias, T* y, int64_t n, T* scratch) {
   for (int64_t l = 0; l < n; ++l) y[l] = bias;
   if (stride == 1) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t off = j - pad;
-      const int64_t lo = std::max<int64_t>(0, -off);
-      const int64_t hi = std::min<int64_t>(n, L - off);
-      const T wj = w[j];
-      const T* xs = x + off;
-#pragma omp simd
-      for (int64_t l = lo; l < hi; ++l) y[l] += wj * xs[l];
-    }
+    for (int64_t j = 0; j < k; ++j) add_tap(y, n, x, L, j - pad, w[j]);
     return;
   }
   if (stride == 2) {
@@ -144,14 +147,11 @@ void conv_row(const T* x, int64_t L, const T* w, int64_t k, int64_t stride,
     for (int64_t j = 0; j < k; ++j) {
       const int64_t off = j - pad;              // x index 2 l + off
       const int64_t m = (off - (off & 1)) / 2;  // floor(off / 2)
-      const T* src = (off & 1) ? odd : even;
-      const int64_t count = (off & 1) ? n_odd : n_even;
-      const int64_t lo = std::max<int64_t>(0, -m);
-      const int64_t hi = std::min<int64_t>(n, count - m);
-      const T wj = w[j];
-      const T* xs = src + m;
-#pragma omp simd
-      for (int64_t l = lo; l < hi; ++l) y[l] += wj * xs[l];
+      if (off & 1) {
+        add_tap(y, n, odd, n_odd, m, w[j]);
+      } else {
+        add_tap(y, n, even, n_even, m, w[j]);
+      }
     }
     return;
   }

@@ -77,7 +77,6 @@ import torch.nn.functional as F
 from speechbrain.utils.logger import get_logger
 from torch import nn
 
-from speechbrain_s4 import cpu_kernels
 from speechbrain_s4.cpu_kernels import pointwise_conv1d
 from speechbrain_s4.layers import channel_layer_norm
 from speechbrain_s4.models.arguments import records_arguments
@@ -308,14 +307,7 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise every frame of ``x`` [B, C, L]."""
-        if cpu_kernels.usable(x, self.weight):  # channels first, one kernel
-            return cpu_kernels.channel_layer_norm(
-                x, self.weight, self.bias, self.eps
-            )
-        normed = F.layer_norm(
-            x.transpose(1, 2), x.shape[1:2], self.weight, self.bias, self.eps
-        )  # [B, L, C]
-        return normed.transpose(1, 2)  # [B, C, L]
+        return channel_layer_norm(self, x)
 
 
 class CausalDepthwiseConvNorm(nn.Module):
@@ -529,10 +521,7 @@ class CausalS4Block(nn.Module):
             y, ssm = layer.kernel.step(normed[..., t], ssm)  # [B, H]
             outputs.append(y)
         state["ssm"] = ssm
-        y = torch.stack(outputs, dim=-1) + layer.D.unsqueeze(-1) * normed
-        y = layer.dropout(F.gelu(y))  # [B, H, n]
-        y = pointwise_conv1d(layer.output_linear, y)  # [B, 2H, n]
-        return x + F.glu(y, dim=1)  # [B, H, n]
+        return layer.output(torch.stack(outputs, dim=-1), normed, residual=x)
 
 
 class CausalMultiScaleS4Block(nn.Module):

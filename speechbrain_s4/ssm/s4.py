@@ -29,7 +29,7 @@ from torch import nn
 
 from speechbrain_s4 import cpu_kernels
 from speechbrain_s4.cpu_kernels import pointwise_conv1d
-from speechbrain_s4.ssm.fftconv import spectral_conv, spectral_conv_full
+from speechbrain_s4.ssm.fftconv import spectral_conv_full
 from speechbrain_s4.ssm.s4_kernel import (
     DIAGONAL_INITS,
     DISCRETISATIONS,
@@ -164,23 +164,53 @@ class S4(nn.Module):
                 f"S4 expects input [B, H={self.d_model}, L] (channels first), "
                 f"got shape {tuple(u.shape)}"
             )
-        # y = k * u + D u (fftconv.fft_conv), with the kernel's spectrum
-        # reused across calls where possible
+        # y = k * u (+ D u below; fftconv.fft_conv), with the kernel's
+        # spectrum reused across calls where possible
         k_f = self.kernel.spectrum(u.shape[-1])  # [H, n/2 + 1]
+        return self.output(spectral_conv_full(u, k_f), u, residual)
+
+    def output(
+        self,
+        y: torch.Tensor,
+        u: torch.Tensor,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The layer after its SSM convolution: D skip, GELU, dropout, 1x1
+        conv, GLU (and a residual's sum).
+
+        Arguments
+        ---------
+        y : torch.Tensor
+            [B, H, n >= L] the SSM's output without the D skip; its first L
+            frames are used (an FFT convolution's untrimmed output, or the
+            recurrent view's outputs, n = L).
+        u : torch.Tensor
+            [B, H, L] the layer input.
+        residual : torch.Tensor, optional
+            [B, H, L] added to the output.
+
+        Returns
+        -------
+        torch.Tensor
+            [B, H, L]
+        """
+        length = u.shape[-1]
         fused = cpu_kernels.usable(u, self.D) and (
             self.dropout.p == 0 or not self.dropout.training
         )
-        if fused:  # trim, D skip and GELU in one pass
-            y = cpu_kernels.gelu_skip(spectral_conv_full(u, k_f), u, self.D)
-        else:
-            y = spectral_conv(u, k_f, self.D)  # [B, H, L]
-            y = self.dropout(F.gelu(y))  # [B, H, L]
-        y = pointwise_conv1d(self.output_linear, y)  # [B, 2H, L]
+        if fused and y.dtype == u.dtype:  # trim, D skip and GELU in one pass
+            h = cpu_kernels.gelu_skip(y, u, self.D)
+        else:  # in (at least) float32, back to the input's dtype
+            h = torch.addcmul(
+                y[..., :length], self.D.unsqueeze(-1).to(y.dtype), u.to(y.dtype)
+            ).to(u.dtype)
+            h = self.dropout(F.gelu(h))  # [B, H, L]
+        z = pointwise_conv1d(self.output_linear, h)  # [B, 2H, L]
         if residual is None:
-            return F.glu(y, dim=1)  # [B, H, L]
-        if fused and residual.dtype == y.dtype:
-            return cpu_kernels.glu_residual(y, residual)
-        return residual + F.glu(y, dim=1)
+            return F.glu(z, dim=1)  # [B, H, L]
+        if fused and residual.dtype == z.dtype:
+            return cpu_kernels.glu_residual(z, residual)
+        return residual + F.glu(z, dim=1)
 
     # -- recurrent view -----------------------------------------------------
     def setup_step(self) -> None:
