@@ -246,3 +246,40 @@ def test_cli_results_argument_is_checked(capsys):
     assert cli.main(["benchmark", "--threads", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
 
+
+
+def test_forward_times_take_turns_and_stop_per_model(monkeypatch):
+    """The timed forwards alternate between models (drift of the machine
+    hits all alike); each model leaves after ``repeats`` runs or once its
+    CPU budget would be passed."""
+    from speechbrain_s4 import benchmark
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def eval(self):
+            return self
+
+        def __call__(self, mix):
+            calls.append(self.name)
+
+    monkeypatch.setattr(
+        benchmark, "_build", lambda name, rate, overrides, seed: Recorder(name)
+    )
+    times = benchmark._forward_times(
+        ["a", "b", "c"], 8000, 0.01, {}, repeats=3, budget_s=60.0, seed=0
+    )
+    # warm-ups first, then rounds of one forward per model
+    assert calls == ["a", "b", "c"] * 4
+    assert {name: runs for name, (_, _, runs) in times.items()} == {
+        "a": 3, "b": 3, "c": 3
+    }
+    calls.clear()
+    times = benchmark._forward_times(
+        ["a", "b"], 8000, 0.01, {}, repeats=3, budget_s=0.0, seed=0
+    )
+    assert calls == ["a", "b", "a", "b"]  # budget spent: one timed run each
+    assert [runs for _, _, runs in times.values()] == [1, 1]

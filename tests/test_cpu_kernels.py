@@ -167,6 +167,23 @@ def test_channel_layer_norm_equals_layer_norm_over_channels(length, dtype):
     assert_same_function(*both_paths(lambda: channel_layer_norm(norm, x)), dtype)
 
 
+def test_channel_layer_norm_without_bias_keeps_pytorch():
+    norm = randomise_(nn.LayerNorm(9, bias=False))
+    x = torch.randn(2, 9, 20)
+    fused, reference = both_paths(lambda: channel_layer_norm(norm, x), fused_calls=False)
+    assert torch.equal(fused, reference)
+    expected = norm(x.transpose(1, 2)).transpose(1, 2)
+    assert torch.allclose(fused, expected, atol=1e-6)
+
+
+def test_causal_channel_layer_norm_uses_the_kernel():
+    from speechbrain_s4.models.s4m_causal import ChannelLayerNorm
+
+    norm = randomise_(ChannelLayerNorm(9))
+    x = torch.randn(2, 9, 20)
+    assert_same_function(*both_paths(lambda: norm(x)), torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ratio", [2, 3, 4, 8])
 def test_avg_pool_equals_adaptive_avg_pool(ratio, dtype):
